@@ -1,0 +1,3 @@
+"""vaelab: Variational Autoencoder experiments on PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"

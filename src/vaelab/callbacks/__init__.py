@@ -1,0 +1,14 @@
+"""Callbacks: pictures and embeddings in TensorBoard, and the run's metrics.json."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+def tensorboard_writer(trainer: L.Trainer):
+    """The SummaryWriter of the run's TensorBoard logger, or None when TensorBoard is not among the loggers."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None

@@ -1,0 +1,28 @@
+"""The latent space of test images, for TensorBoard's projector."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from vaelab.callbacks import tensorboard_writer
+
+
+class LatentEmbedding(L.Callback):
+    """At the end of training, logs the posterior means mu(x) of the first ``num_images`` test
+    images with their labels and thumbnails (the PROJECTOR tab in TensorBoard)."""
+
+    def __init__(self, num_images: int = 1000):
+        self.num_images = num_images
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        x, y = trainer.datamodule.examples(self.num_images, "test")
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            mu = torch.cat([pl_module.posterior(chunk.to(pl_module.device)).mu.cpu() for chunk in x.split(500)])
+        pl_module.train(was_training)
+        writer.add_embedding(mu, metadata=y.tolist(), label_img=x, global_step=trainer.current_epoch, tag="latent/test")

@@ -1,0 +1,30 @@
+"""Errors that vaelab reports to the user as one line, without a traceback."""
+
+
+class VaelabError(Exception):
+    """A problem with the user's input (config, data, checkpoint) that they can fix."""
+
+
+class ConfigError(VaelabError):
+    """A config value is out of range or inconsistent with another one."""
+
+
+class DataError(VaelabError):
+    """A dataset is missing, truncated or corrupt."""
+
+
+def instantiate(config, *args, **kwargs):
+    """``hydra.utils.instantiate`` that lets a VaelabError raised by the target come out as itself
+    instead of wrapped in Hydra's InstantiationException, so the user gets its one clear line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(config, *args, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, VaelabError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise

@@ -1,0 +1,87 @@
+"""Decoder likelihoods p(x|z): one object per observation model, shared by every architecture.
+
+A decoder emits ``param_channels(C)`` channels per pixel; the likelihood turns them
+into a per-image negative log-likelihood (summed over all pixels and channels, in nats)
+and into a mean image for pictures. Inputs x are intensities in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaelab.errors import ConfigError
+
+
+class Likelihood(nn.Module):
+    """Base class: p(x|params) factorized over pixels."""
+
+    params_per_channel: int = 1
+
+    def param_channels(self, channels: int) -> int:
+        return channels * self.params_per_channel
+
+    def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """-log p(x|z) per image, summed over all dimensions: [B]."""
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[x|z], the picture to show, in [0, 1]."""
+        raise NotImplementedError
+
+
+class Bernoulli(Likelihood):
+    """p(x|z) = prod_i p_i^x_i (1-p_i)^(1-x_i), p = sigmoid(logits), for x in [0, 1].
+
+    For non-binary intensities this is the usual 'binary cross-entropy' of the
+    classic PyTorch VAE example (not a normalized density over [0, 1]).
+    """
+
+    def nll(self, params, x):
+        return F.binary_cross_entropy_with_logits(params, x, reduction="none").flatten(1).sum(-1)
+
+    def mean(self, params):
+        return torch.sigmoid(params)
+
+
+class Gaussian(Likelihood):
+    """p(x|z) = N(x; mu, sigma^2) per pixel, with a fixed sigma or a decoded one.
+
+    -log p = 0.5 * ((x - mu)^2 / sigma^2 + log(2 pi sigma^2)), summed over pixels.
+    With ``learn_scale=true`` the decoder emits (mu, log sigma) per pixel and
+    log sigma is bounded to [min_log_scale, max_log_scale] with a smooth clamp.
+    """
+
+    def __init__(self, scale: float = 0.1, learn_scale: bool = False,
+                 min_log_scale: float = -4.0, max_log_scale: float = 2.0):
+        super().__init__()
+        if not learn_scale and scale <= 0:
+            raise ConfigError(f"likelihood.scale must be > 0, got {scale}: pass likelihood.scale=<positive number>")
+        if min_log_scale >= max_log_scale:
+            raise ConfigError(
+                f"likelihood.min_log_scale ({min_log_scale}) must be below likelihood.max_log_scale ({max_log_scale})"
+            )
+        self.learn_scale = learn_scale
+        self.scale = scale
+        self.min_log_scale = min_log_scale
+        self.max_log_scale = max_log_scale
+        self.params_per_channel = 2 if learn_scale else 1
+
+    def _split(self, params):
+        if not self.learn_scale:
+            return params, torch.full_like(params, math.log(self.scale))
+        mu, raw = params.chunk(2, dim=1)
+        lo, hi = self.min_log_scale, self.max_log_scale
+        log_scale = lo + (hi - lo) * torch.sigmoid(raw)
+        return mu, log_scale
+
+    def nll(self, params, x):
+        mu, log_scale = self._split(params)
+        z2 = ((x - mu) * torch.exp(-log_scale)) ** 2
+        return (0.5 * z2 + log_scale + 0.5 * math.log(2 * math.pi)).flatten(1).sum(-1)
+
+    def mean(self, params):
+        return self._split(params)[0].clamp(0, 1)

@@ -1,0 +1,46 @@
+"""Encoders and decoders, one module per architecture family.
+
+Every encoder maps images [B, C, H, W] to [B, 2 * latent_dim] (the mean and raw
+log-variance of q(z|x)); every decoder maps latents [B, latent_dim] to
+likelihood parameters [B, out_channels, H, W].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vaelab.errors import ConfigError
+
+
+def checked_shape(shape: Sequence[int], latent_dim: int, min_downsample: int = 1) -> tuple[int, int, int]:
+    """Validate (C, H, W) and latent_dim for a net that halves H and W log2(min_downsample) times."""
+    if int(latent_dim) < 1:
+        raise ConfigError(f"model.latent_dim must be >= 1, got {latent_dim}: pass model.latent_dim=<positive integer>")
+    if len(shape) != 3:
+        raise ConfigError(f"data.shape must be [channels, height, width], got {list(shape)}")
+    c, h, w = (int(s) for s in shape)
+    if h % min_downsample or w % min_downsample:
+        raise ConfigError(
+            f"this architecture downsamples by {min_downsample}, so image height and width must be multiples of it; "
+            f"got {h}x{w}: pick another model= or resize the data"
+        )
+    return c, h, w
+
+
+class ShapeCheck(nn.Module):
+    """Stops a forward pass with a clear message when images do not have the shape the net was built for."""
+
+    def __init__(self, shape: Sequence[int]):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.shape:
+            raise ConfigError(
+                f"the encoder was built for images of shape {list(self.shape)} but got {list(x.shape[1:])}: "
+                "make data.shape match the dataset (use the data= config group)"
+            )
+        return x

@@ -1,0 +1,51 @@
+"""Convolutional encoder/decoder: stride-2 4x4 convolutions, for 28x28x1 and 32x32x3 images alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vaelab.nets import ShapeCheck, checked_shape
+
+
+class ConvEncoder(nn.Module):
+    """len(channels) stride-2 convolutions, then a hidden linear layer to 2 * latent_dim."""
+
+    def __init__(self, shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), hidden: int = 256):
+        super().__init__()
+        factor = 2 ** len(channels)
+        c, h, w = checked_shape(shape, latent_dim, factor)
+        layers: list[nn.Module] = [ShapeCheck(shape)]
+        for c_in, c_out in zip([c, *channels[:-1]], channels):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+        flat = channels[-1] * (h // factor) * (w // factor)
+        layers += [nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """The mirror image of ConvEncoder, with transposed convolutions."""
+
+    def __init__(self, shape: Sequence[int], latent_dim: int, out_channels: int,
+                 channels: Sequence[int] = (32, 64), hidden: int = 256):
+        super().__init__()
+        factor = 2 ** len(channels)
+        _, h, w = checked_shape(shape, latent_dim, factor)
+        top = (channels[-1], h // factor, w // factor)
+        layers: list[nn.Module] = [
+            nn.Linear(latent_dim, hidden), nn.ReLU(),
+            nn.Linear(hidden, top[0] * top[1] * top[2]), nn.ReLU(), nn.Unflatten(1, top),
+        ]
+        widths = list(reversed(channels))
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+        layers.append(nn.ConvTranspose2d(widths[-1], out_channels, 4, stride=2, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

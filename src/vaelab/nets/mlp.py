@@ -1,0 +1,43 @@
+"""Fully connected encoder/decoder: the classic 784-400-20 VAE of Kingma & Welling (2014)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+import torch
+from torch import nn
+
+from vaelab.nets import ShapeCheck, checked_shape
+
+
+def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
+    """Linear layers with ReLU between them and after the last one."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    return layers
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (400,)):
+        super().__init__()
+        c, h, w = checked_shape(shape, latent_dim)
+        sizes = [c * h * w, *hidden]
+        self.net = nn.Sequential(ShapeCheck(shape), nn.Flatten(), *_mlp(sizes), nn.Linear(sizes[-1], 2 * latent_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, shape: Sequence[int], latent_dim: int, out_channels: int, hidden: Sequence[int] = (400,)):
+        super().__init__()
+        _, h, w = checked_shape(shape, latent_dim)
+        sizes = [latent_dim, *hidden]
+        self.net = nn.Sequential(
+            *_mlp(sizes), nn.Linear(sizes[-1], out_channels * h * w), nn.Unflatten(1, (out_channels, h, w))
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

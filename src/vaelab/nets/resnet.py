@@ -1,0 +1,66 @@
+"""A deeper residual convolutional encoder/decoder.
+
+Each stage halves (encoder) or doubles (decoder) the resolution and holds
+``blocks`` pre-activation residual blocks x + conv(act(conv(act(x)))). No batch
+normalization: its batch statistics would make the validation objective differ
+from the training one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vaelab.nets import ShapeCheck, checked_shape
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+        )
+        nn.init.zeros_(self.body[-1].weight)  # each block starts as the identity
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResNetEncoder(nn.Module):
+    def __init__(self, shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (64, 128), blocks: int = 2):
+        super().__init__()
+        factor = 2 ** len(channels)
+        c, h, w = checked_shape(shape, latent_dim, factor)
+        layers: list[nn.Module] = [ShapeCheck(shape)]
+        for c_in, c_out in zip([c, *channels[:-1]], channels):
+            layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1))
+            layers += [ResidualBlock(c_out) for _ in range(blocks)]
+        flat = channels[-1] * (h // factor) * (w // factor)
+        layers += [nn.SiLU(), nn.Flatten(), nn.Linear(flat, 2 * latent_dim)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ResNetDecoder(nn.Module):
+    def __init__(self, shape: Sequence[int], latent_dim: int, out_channels: int,
+                 channels: Sequence[int] = (64, 128), blocks: int = 2):
+        super().__init__()
+        factor = 2 ** len(channels)
+        _, h, w = checked_shape(shape, latent_dim, factor)
+        top = (channels[-1], h // factor, w // factor)
+        layers: list[nn.Module] = [nn.Linear(latent_dim, top[0] * top[1] * top[2]), nn.Unflatten(1, top)]
+        widths = list(reversed(channels))
+        for c_in, c_out in zip(widths, [*widths[1:], widths[-1]]):
+            layers += [ResidualBlock(c_in) for _ in range(blocks)]
+            layers += [nn.SiLU(), nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)]
+        layers += [nn.SiLU(), nn.Conv2d(widths[-1], out_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

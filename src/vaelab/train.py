@@ -1,0 +1,44 @@
+"""Train a VAE: ``python -m vaelab.train [overrides]`` (console script ``vaelab-train``)."""
+
+from __future__ import annotations
+
+import hydra
+import lightning as L
+from vaelab.errors import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vaelab.callbacks.final_metrics import epoch_metrics
+from vaelab.entry import instantiate_each, log, pin_run_dir, task_wrapper
+from vaelab.module import VAEModule
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit the model of ``cfg``, test its best checkpoint, return the final metrics."""
+    pin_run_dir()
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = VAEModule(OmegaConf.to_container(cfg, resolve=True))
+    callbacks = instantiate_each(cfg.get("callbacks"))
+    loggers = instantiate_each(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    log.info("training %s on %s", cfg.model.encoder._target_.rsplit(".", 1)[-1], cfg.data.name)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("no best checkpoint was saved: testing the weights of the last step")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+    metrics = epoch_metrics(trainer)
+    log.info("final metrics: %s", {k: round(v, 3) for k, v in sorted(metrics.items())})
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    task_wrapper(train)(cfg)
+
+
+if __name__ == "__main__":
+    main()

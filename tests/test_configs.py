@@ -1,0 +1,101 @@
+"""Every config composes, every combination trains a step, and bad choices fail clearly."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import MissingConfigException
+
+import vaelab
+from conftest import compose_config, read_metrics
+from vaelab.errors import ConfigError
+from vaelab.module import VAEModule
+from vaelab.train import train
+
+CONF = Path(vaelab.__file__).parent / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def test_the_config_groups_offer_what_the_readme_promises():
+    assert options("data") == ["cifar10", "fashion_mnist", "mnist"]
+    assert options("model") == ["conv", "mlp", "resnet"]
+    assert options("likelihood") == ["bernoulli", "gaussian", "gaussian_learned"]
+    assert set(options("trainer")) >= {"default", "cpu", "gpu", "ddp", "ddp_sim"}
+    assert options("logger") == ["csv", "none", "tensorboard"]
+    assert set(options("experiment")) >= {"mnist_seed", "fashion_conv", "cifar10_conv"}
+    assert options("debug") == ["fast_dev_run", "limit_batches", "overfit"]
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_and_runs_a_fast_dev_run(tmp_path, experiment):
+    cfg = compose_config(tmp_path, [f"experiment={experiment}", "debug=fast_dev_run", "data.eval_batch_size=64"])
+    metrics = train(cfg)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert {"test/nelbo", "test/recon", "test/kl"} <= set(metrics)
+
+
+@pytest.mark.parametrize("likelihood", options("likelihood"))
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("data", options("data"))
+def test_every_data_model_likelihood_combination_trains(tmp_path, data, model, likelihood):
+    cfg = compose_config(tmp_path, [f"data={data}", f"model={model}", f"likelihood={likelihood}",
+                                    "debug=fast_dev_run", "data.batch_size=16", "data.eval_batch_size=16"])
+    metrics = train(cfg)
+    assert metrics["test/nelbo"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"], rel=1e-5)
+    module = VAEModule(dict(cfg))  # the shapes of the pieces for 1- and 3-channel data
+    c, h, w = cfg.data.shape
+    x = torch.rand(2, c, h, w)
+    params = module.decoder(module.posterior(x).mu)
+    assert params.shape == (2, module.likelihood.param_channels(c), h, w)
+    assert module.decode_mean(module.posterior(x).mu).shape == x.shape
+
+
+def test_one_override_changes_each_main_setting(tmp_path):
+    cfg = compose_config(tmp_path, ["data=cifar10", "model=conv", "objective.beta=4", "model.latent_dim=64",
+                                    "likelihood=gaussian", "trainer=gpu"])
+    assert cfg.data.shape == [3, 32, 32] and cfg.model.encoder.shape == [3, 32, 32]
+    assert cfg.objective.beta == 4 and cfg.model.encoder.latent_dim == 64 and cfg.model.decoder.latent_dim == 64
+    assert cfg.likelihood.scale == 0.1 and cfg.trainer.accelerator == "gpu"
+
+
+def test_unknown_group_option_names_the_choices():
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="vaelab.conf", version_base="1.3"):
+        with pytest.raises(MissingConfigException) as err:
+            compose("train", overrides=["model=transformer"])
+    assert "Could not find 'model/transformer'" in str(err.value)
+    assert "mlp" in str(err.value) and "conv" in str(err.value)
+
+
+def test_negative_beta_in_a_run_is_a_config_error(tmp_path):
+    cfg = compose_config(tmp_path, ["objective.beta=-1", "debug=fast_dev_run"])
+    with pytest.raises(ConfigError, match="objective.beta must be >= 0, got -1"):
+        train(cfg)
+
+
+def test_a_users_own_config_folder_joins_the_search_path(tmp_path):
+    own = tmp_path / "myconf" / "model"
+    own.mkdir(parents=True)
+    (own / "tiny_mlp.yaml").write_text(
+        "defaults:\n  - mlp\nlatent_dim: 3\nencoder:\n  hidden: [16]\ndecoder:\n  hidden: [16]\n"
+    )
+    cfg = compose_config(tmp_path, [f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "model=tiny_mlp",
+                                    "debug=fast_dev_run"])
+    assert cfg.model.latent_dim == 3 and cfg.model.encoder.hidden == [16]
+    metrics = train(cfg)
+    assert "test/nelbo" in metrics
+
+
+def test_fast_dev_run_writes_metrics_json(mnist_cfg, tmp_path):
+    train(mnist_cfg)
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["seed"] == 42 and metrics["epochs"] == 2
+    assert set(metrics) >= {"val/nelbo", "val/recon", "val/kl", "test/nelbo", "train/loss", "wall_time_s", "config_path"}
+    assert metrics["val/nelbo"] == pytest.approx(metrics["val/recon"] + metrics["val/kl"], rel=1e-6)
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
