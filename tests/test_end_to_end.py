@@ -1,0 +1,133 @@
+"""End-to-end runs on real data: the CLI as a user runs it, reproducibility, resume, eval, DDP."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import DATA_ROOT, REPO, compose_config, read_metrics, run_cli, run_folders
+from vaelab.train import train
+
+pytestmark = pytest.mark.slow
+FAST = ["debug=limit_batches", f"data.root={DATA_ROOT}", "trainer.enable_progress_bar=false"]
+VOLATILE = {"wall_time_s", "config_path", "test_ckpt_path"}
+
+
+def test_mnist_seed_two_epochs_matches_the_classic_example(tmp_path):
+    """The classic PyTorch VAE example reaches 115.6-115.9 nats on the test set after 2 epochs."""
+    cfg = compose_config(tmp_path, ["experiment=mnist_seed", "trainer.max_epochs=2", "trainer.accelerator=cpu",
+                                    "trainer.enable_progress_bar=false"])
+    metrics = train(cfg)
+    assert 115.6 - 1.5 <= metrics["test/nelbo"] <= 115.9 + 1.5
+    assert read_metrics(tmp_path / "run")["epochs"] == 2
+
+
+def test_deterministic_reruns_give_identical_metrics(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        cfg = compose_config(tmp_path / name, [*FAST, "trainer.deterministic=true", "trainer.accelerator=cpu"])
+        train(cfg)
+        runs.append({k: v for k, v in read_metrics(tmp_path / name / "run").items() if k not in VOLATILE})
+    assert runs[0] == runs[1]
+    other = compose_config(tmp_path / "c", [*FAST, "trainer.deterministic=true", "trainer.accelerator=cpu", "seed=7"])
+    train(other)
+    assert read_metrics(tmp_path / "c" / "run")["test/nelbo"] != runs[0]["test/nelbo"]
+
+
+def test_resume_from_last_checkpoint_continues_training(tmp_path):
+    first = compose_config(tmp_path / "first", [*FAST, "trainer.max_epochs=1"])
+    train(first)
+    last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+    resumed = compose_config(tmp_path / "resumed", [*FAST, "trainer.max_epochs=3", f"ckpt_path={last}"])
+    train(resumed)
+    metrics = read_metrics(tmp_path / "resumed" / "run")
+    assert metrics["epochs"] == 3 and metrics["global_step"] == 3 * 5  # 5 batches per epoch, counting on from 5
+
+
+def test_cli_run_tensorboard_checkpoint_and_eval(tmp_path):
+    result = run_cli("vaelab.train", FAST, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = run_folders(tmp_path)
+    metrics = read_metrics(run)
+    assert Path(metrics["config_path"]).is_file() and metrics["config_path"].startswith(str(run))
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss_epoch", "val/nelbo", "val/recon", "val/kl", "test/nelbo"} <= set(tags["scalars"])
+    images = {"images/reconstructions", "images/prior_samples", "images/interpolations", "images/traversals"}
+    assert images <= set(tags["images"])
+    assert len(events.Images("images/reconstructions")) == 2  # one per epoch
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    assert "latent/test" in (run / "tensorboard" / "projector_config.pbtxt").read_text()
+
+    best = run / "checkpoints" / "best.ckpt"
+    evaluated = run_cli("vaelab.eval", [f"ckpt_path={best}", f"data.root={DATA_ROOT}",
+                                        "trainer.enable_progress_bar=false"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (eval_run,) = run_folders(tmp_path, "eval")
+    scores = json.loads((eval_run / "metrics.json").read_text())
+    assert scores["test/nelbo"] == pytest.approx(scores["test/recon"] + scores["test/kl"], rel=1e-6)
+    assert f"test/nelbo = {scores['test/nelbo']:.4f}" in evaluated.stdout
+    for picture in ("samples.png", "reconstructions.png"):
+        assert (eval_run / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ddp_sim_trains_with_two_processes_and_only_rank_zero_writes(tmp_path):
+    result = run_cli("vaelab.train", [*FAST, "trainer=ddp_sim"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in result.stdout + result.stderr
+    (run,) = run_folders(tmp_path)  # one folder, not one per process
+    metrics = read_metrics(run)
+    assert metrics["global_step"] == 10 and "val/nelbo" in metrics
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) >= 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not (run / ".pl_hydra_rank_1").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["objective.beta=-1"], "vaelab: error: objective.beta must be >= 0, got -1"),
+        (["model.latent_dim=0"], "vaelab: error: model.latent_dim must be >= 1, got 0"),
+        (["data.download=false", "data.mirror=/nonexistent", "data.root=/nonexistent-root"],
+         "vaelab: error: MNIST not found; looked in: data.root /nonexistent-root/MNIST/raw"),
+    ],
+)
+def test_bad_input_stops_with_one_clear_line(tmp_path, args, message):
+    result = run_cli("vaelab.train", [*args, "trainer.enable_progress_bar=false"], tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("vaelab: error:")]
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_group_option_on_the_command_line(tmp_path):
+    result = run_cli("vaelab.train", ["model=transformer"], tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'model/transformer'" in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_wheel_install_finds_its_configs(tmp_path):
+    """A non-editable install carries conf/ inside the package."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("vaelab-*.whl")
+    target = tmp_path / "site"
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                                str(wheel)], capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    probe = ("import vaelab, sys; print(vaelab.__file__); sys.argv=['vaelab-train', '--cfg', 'job', "
+             "'experiment=cifar10_conv']; from vaelab.train import main; main()")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[0].startswith(str(target))
+    assert "name: cifar10" in result.stdout and "ConvEncoder" in result.stdout
