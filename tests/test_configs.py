@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config, read_metrics
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 
 import vaelab
-from conftest import compose_config, read_metrics
 from vaelab.errors import ConfigError
 from vaelab.module import VAEModule
 from vaelab.train import train

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import DATA_ROOT, MIRROR
+
 from vaelab.data.datamodule import ImageDataModule
+from vaelab.data.device_loader import DeviceBatches
 from vaelab.data.idx import read_idx
 from vaelab.data.sources import load_dataset
 from vaelab.errors import ConfigError, DataError
@@ -137,11 +138,46 @@ def test_without_validation_split_there_is_no_val_loader():
     assert dm.val_set is None and dm.val_dataloader() == [] and len(dm.train_set) == 60000
 
 
-def test_global_batch_size_must_divide_across_processes():
-    dm = _datamodule(batch_size=128)
+@pytest.mark.parametrize("on_device", [True, False])
+def test_global_batch_size_must_divide_across_processes(on_device):
+    dm = _datamodule(batch_size=128, on_device=on_device)
     dm.setup("fit")
-    dm.trainer = SimpleNamespace(world_size=2)
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1)
     assert dm.train_dataloader().batch_size == 64
-    dm.trainer = SimpleNamespace(world_size=3)
+    dm.trainer = SimpleNamespace(world_size=3, global_rank=0)
     with pytest.raises(ConfigError, match="data.batch_size=128 does not divide across 3 processes"):
         dm.train_dataloader()
+
+
+def test_device_batches_equal_the_dataloader_batches():
+    on, off = _datamodule(on_device=True, eval_batch_size=1000), _datamodule(on_device=False, eval_batch_size=1000)
+    on.setup("fit")
+    off.setup("fit")
+    assert isinstance(on.test_dataloader(), DeviceBatches) and not isinstance(off.test_dataloader(), DeviceBatches)
+    for (xa, ya), (xb, yb) in zip(on.test_dataloader(), off.test_dataloader(), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_device_batches_shuffle_by_seed_and_epoch():
+    images, labels = torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1), torch.arange(50)
+    def epoch_labels(seed, epoch):
+        batches = DeviceBatches(images, labels, batch_size=8, shuffle=True, seed=seed, current_epoch=lambda: epoch)
+        return torch.cat([y for _, y in batches])
+    first = epoch_labels(0, 0)
+    assert sorted(first.tolist()) == list(range(50))
+    assert torch.equal(first, epoch_labels(0, 0))
+    assert not torch.equal(first, epoch_labels(0, 1)) and not torch.equal(first, epoch_labels(1, 0))
+    x, y = next(iter(DeviceBatches(images, labels, batch_size=8, shuffle=True, seed=0)))
+    assert x.dtype == torch.float32 and torch.equal(x.flatten() * 255, y.float())
+
+
+def test_device_batches_shard_across_processes():
+    images, labels = torch.zeros(10, 1, 1, 1, dtype=torch.uint8), torch.arange(10)
+    def shard(rank, even):
+        return torch.cat([y for _, y in DeviceBatches(images, labels, 2, False, rank=rank, world_size=3,
+                                                      even_shards=even)]).tolist()
+    # evaluation: uneven shards that together hold every image exactly once
+    assert [shard(r, False) for r in range(3)] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    # training: padded to equal shards, so every process takes the same number of steps
+    assert [shard(r, True) for r in range(3)] == [[0, 3, 6, 9], [1, 4, 7, 0], [2, 5, 8, 1]]
+    assert [len(DeviceBatches(images, labels, 2, False, rank=r, world_size=3, even_shards=True)) for r in range(3)] == [2, 2, 2]

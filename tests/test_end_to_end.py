@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA_ROOT, REPO, compose_config, read_metrics, run_cli, run_folders
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import DATA_ROOT, REPO, compose_config, read_metrics, run_cli, run_folders
 from vaelab.train import train
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def test_cli_run_tensorboard_checkpoint_and_eval(tmp_path):
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     tags = events.Tags()
-    assert {"train/loss_epoch", "val/nelbo", "val/recon", "val/kl", "test/nelbo"} <= set(tags["scalars"])
+    assert {"train/loss", "train/recon", "train/kl", "val/nelbo", "val/recon", "val/kl", "test/nelbo"} <= set(tags["scalars"])
     images = {"images/reconstructions", "images/prior_samples", "images/interpolations", "images/traversals"}
     assert images <= set(tags["images"])
     assert len(events.Images("images/reconstructions")) == 2  # one per epoch

@@ -10,10 +10,9 @@ from collections.abc import Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from vaelab.errors import instantiate
 from omegaconf import DictConfig, read_write
 
-from vaelab.errors import VaelabError
+from vaelab.errors import VaelabError, instantiate
 
 log = logging.getLogger("vaelab")
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from vaelab.errors import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid
 
 from vaelab.entry import log, pin_run_dir, task_wrapper
-from vaelab.errors import VaelabError
+from vaelab.errors import VaelabError, instantiate
 from vaelab.files import save_image_atomic, write_json_atomic
 from vaelab.module import VAEModule
 

@@ -26,7 +26,7 @@ class DiagonalGaussian:
         self.logvar = centre + half_range * torch.tanh((raw_logvar - centre) / half_range)
 
     @classmethod
-    def from_encoder_output(cls, h: torch.Tensor) -> "DiagonalGaussian":
+    def from_encoder_output(cls, h: torch.Tensor) -> DiagonalGaussian:
         """Split an encoder output [B, 2*D] into (mu, raw log-variance)."""
         mu, raw_logvar = h.chunk(2, dim=-1)
         return cls(mu, raw_logvar)

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import hydra
 import lightning as L
-from vaelab.errors import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.callbacks.final_metrics import epoch_metrics
 from vaelab.entry import instantiate_each, log, pin_run_dir, task_wrapper
+from vaelab.errors import instantiate
 from vaelab.module import VAEModule
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit the model of ``cfg``, test its best checkpoint, return the final metrics."""
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
+    """Fit the model of ``cfg``, test its best checkpoint, return the final metrics.
+
+    ``extra_callbacks`` join those of the config (for programmatic use, e.g. benchmarks)."""
     pin_run_dir()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = VAEModule(OmegaConf.to_container(cfg, resolve=True))
-    callbacks = instantiate_each(cfg.get("callbacks"))
+    callbacks = [*instantiate_each(cfg.get("callbacks")), *extra_callbacks]
     loggers = instantiate_each(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

@@ -1,8 +1,11 @@
 """LightningDataModule for small image datasets held in memory as uint8 tensors.
 
-Batches are gathered with one tensor index per batch (the dataset implements
-``__getitems__``) instead of one PIL image per sample, and converted to float
-intensities in [0, 1] on the fly.
+Two ways to serve batches, both converting to float intensities in [0, 1] per batch:
+
+- ``on_device``: each split lives as one tensor on the training device and batches are
+  gathered there by index (``DeviceBatches``), with no DataLoader at all;
+- otherwise a DataLoader whose dataset gathers a whole batch with one tensor index
+  (``__getitems__``) instead of one PIL image per sample.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vaelab.data.device_loader import DeviceBatches
 from vaelab.data.sources import Split, load_dataset
 from vaelab.errors import ConfigError, DataError
 
@@ -47,12 +51,18 @@ class ImageDataModule(L.LightningDataModule):
 
     ``batch_size`` is the global batch: under DDP each of the W processes gets
     ``batch_size / W`` images per step (it must divide evenly).
+
+    ``on_device``: ``auto`` keeps the splits on the training device when they fit in a quarter
+    of its free memory (always on the CPU, where they are in memory anyway), ``true`` always,
+    ``false`` never (then ``num_workers`` and ``pin_memory`` apply). ``seed`` fixes the
+    shuffling order of the on-device batches, epoch by epoch.
     """
 
     def __init__(self, name: str, shape: Sequence[int], root: str, mirror: str | None = None,
                  extra_mirrors: Sequence[str] = (), download: bool = True, val_size: int = 5000,
                  split_seed: int = 0, batch_size: int = 128, eval_batch_size: int | None = None,
-                 num_workers: int = 0, pin_memory: bool = False):
+                 num_workers: int = 0, pin_memory: bool = False, on_device: bool | str = "auto",
+                 seed: int | None = 0):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -69,7 +79,12 @@ class ImageDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        if on_device not in (True, False, "auto"):
+            raise ConfigError(f"data.on_device must be auto, true or false, got {on_device!r}")
+        self.on_device = on_device
+        self.seed = seed or 0
         self.train_set = self.val_set = self.test_set = None
+        self.device_splits: dict[str, Split] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
@@ -87,6 +102,20 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set = TensorImages(Split(data.train.images[train_idx], data.train.labels[train_idx]))
         self.val_set = TensorImages(Split(data.train.images[val_idx], data.train.labels[val_idx])) if self.val_size else None
         self.test_set = TensorImages(data.test)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self._fits_on(device):
+            self.device_splits = {
+                name: Split(ds.images.to(device), ds.labels.to(device))
+                for name, ds in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))
+                if ds is not None
+            }
+
+    def _fits_on(self, device: torch.device) -> bool:
+        if self.on_device != "auto" or device.type == "cpu":
+            return bool(self.on_device)
+        size = sum(ds.images.nbytes for ds in (self.train_set, self.val_set, self.test_set) if ds is not None)
+        free, _ = torch.cuda.mem_get_info(device) if device.type == "cuda" else (0, 0)
+        return size < free / 4
 
     @property
     def has_validation(self) -> bool:
@@ -101,21 +130,31 @@ class ImageDataModule(L.LightningDataModule):
             )
         return batch_size // world
 
-    def _loader(self, dataset: TensorImages, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, dataset: TensorImages, batch_size: int, shuffle: bool):
+        if split in self.device_splits:
+            trainer = self.trainer
+            data = self.device_splits[split]
+            return DeviceBatches(
+                data.images, data.labels, self.per_device_batch_size(batch_size), shuffle=shuffle, seed=self.seed,
+                rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+                even_shards=split == "train", current_epoch=lambda: trainer.current_epoch if trainer else 0,
+            )
         return DataLoader(
             dataset, batch_size=self.per_device_batch_size(batch_size), shuffle=shuffle,
             num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=_already_batched,
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+    def train_dataloader(self):
+        return self._loader("train", self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False) if self.val_set is not None else []
+        if self.val_set is None:
+            return []
+        return self._loader("val", self.val_set, self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+    def test_dataloader(self):
+        return self._loader("test", self.test_set, self.eval_batch_size, shuffle=False)
 
     def examples(self, n: int, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
         """The first n images (float [0, 1]) and labels of a split; the test set stands in when there is no val split."""

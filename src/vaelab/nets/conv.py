@@ -18,7 +18,7 @@ class ConvEncoder(nn.Module):
         factor = 2 ** len(channels)
         c, h, w = checked_shape(shape, latent_dim, factor)
         layers: list[nn.Module] = [ShapeCheck(shape)]
-        for c_in, c_out in zip([c, *channels[:-1]], channels):
+        for c_in, c_out in zip([c, *channels[:-1]], channels, strict=True):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         flat = channels[-1] * (h // factor) * (w // factor)
         layers += [nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim)]
@@ -42,7 +42,7 @@ class ConvDecoder(nn.Module):
             nn.Linear(hidden, top[0] * top[1] * top[2]), nn.ReLU(), nn.Unflatten(1, top),
         ]
         widths = list(reversed(channels))
-        for c_in, c_out in zip(widths[:-1], widths[1:]):
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         layers.append(nn.ConvTranspose2d(widths[-1], out_channels, 4, stride=2, padding=1))
         self.net = nn.Sequential(*layers)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
 import torch
 from torch import nn
 
@@ -14,7 +13,7 @@ from vaelab.nets import ShapeCheck, checked_shape
 def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
     """Linear layers with ReLU between them and after the last one."""
     layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
         layers += [nn.Linear(n_in, n_out), nn.ReLU()]
     return layers
 

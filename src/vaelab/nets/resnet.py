@@ -36,7 +36,7 @@ class ResNetEncoder(nn.Module):
         factor = 2 ** len(channels)
         c, h, w = checked_shape(shape, latent_dim, factor)
         layers: list[nn.Module] = [ShapeCheck(shape)]
-        for c_in, c_out in zip([c, *channels[:-1]], channels):
+        for c_in, c_out in zip([c, *channels[:-1]], channels, strict=True):
             layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1))
             layers += [ResidualBlock(c_out) for _ in range(blocks)]
         flat = channels[-1] * (h // factor) * (w // factor)
@@ -56,7 +56,7 @@ class ResNetDecoder(nn.Module):
         top = (channels[-1], h // factor, w // factor)
         layers: list[nn.Module] = [nn.Linear(latent_dim, top[0] * top[1] * top[2]), nn.Unflatten(1, top)]
         widths = list(reversed(channels))
-        for c_in, c_out in zip(widths, [*widths[1:], widths[-1]]):
+        for c_in, c_out in zip(widths, [*widths[1:], widths[-1]], strict=True):
             layers += [ResidualBlock(c_in) for _ in range(blocks)]
             layers += [nn.SiLU(), nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)]
         layers += [nn.SiLU(), nn.Conv2d(widths[-1], out_channels, 3, padding=1)]
