@@ -24,7 +24,9 @@ def options(group: str) -> list[str]:
 def test_the_config_groups_offer_what_the_readme_promises():
     assert options("data") == ["cifar10", "fashion_mnist", "mnist"]
     assert options("model") == ["conv", "mlp", "resnet"]
-    assert options("likelihood") == ["bernoulli", "gaussian", "gaussian_learned"]
+    assert options("likelihood") == ["bernoulli", "discretized_logistic", "gaussian", "gaussian_learned"]
+    assert options("objective") == ["beta_tc", "elbo", "iwae"]
+    assert options("kl_schedule") == ["capacity", "constant", "cyclical", "free_bits", "linear_warmup"]
     assert set(options("trainer")) >= {"default", "cpu", "gpu", "ddp", "ddp_sim"}
     assert options("logger") == ["csv", "none", "tensorboard"]
     assert set(options("experiment")) >= {"mnist_seed", "fashion_conv", "cifar10_conv"}
@@ -53,6 +55,20 @@ def test_every_data_model_likelihood_combination_trains(tmp_path, data, model, l
     params = module.decoder(module.posterior(x).mu)
     assert params.shape == (2, module.likelihood.param_channels(c), h, w)
     assert module.decode_mean(module.posterior(x).mu).shape == x.shape
+
+
+@pytest.mark.parametrize("objective", options("objective"))
+@pytest.mark.parametrize("schedule", options("kl_schedule"))
+def test_every_objective_and_kl_schedule_trains_or_refuses_clearly(tmp_path, objective, schedule):
+    cfg = compose_config(tmp_path, [f"objective={objective}", f"kl_schedule={schedule}", "debug=fast_dev_run",
+                                    "data.batch_size=16", "data.eval_batch_size=64", "eval.iw_samples=4"])
+    if objective != "elbo" and schedule != "constant":
+        with pytest.raises(ConfigError, match=f"objective={objective} takes no KL schedule"):
+            train(cfg)
+        return
+    metrics = train(cfg)
+    assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("train/loss", "test/nelbo", "test/nll_iw"))
+    assert metrics["test/nll_iw"] <= metrics["test/nelbo"] + 1.0  # the IWAE bound is tighter (up to MC noise)
 
 
 def test_one_override_changes_each_main_setting(tmp_path):

@@ -1,15 +1,18 @@
 """End-to-end runs on real data: the CLI as a user runs it, reproducibility, resume, eval, DDP."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import DATA_ROOT, REPO, compose_config, read_metrics, run_cli, run_folders
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from vaelab.module import NonFiniteLossError
 from vaelab.train import train
 
 pytestmark = pytest.mark.slow
@@ -55,6 +58,8 @@ def test_cli_run_tensorboard_checkpoint_and_eval(tmp_path):
     (run,) = run_folders(tmp_path)
     metrics = read_metrics(run)
     assert Path(metrics["config_path"]).is_file() and metrics["config_path"].startswith(str(run))
+    assert 0 <= metrics["val/active_units"] <= 20 and metrics["val/mi"] >= 0 and len(metrics["val/kl_per_dim"]) == 20
+    assert sum(metrics["val/kl_per_dim"]) == pytest.approx(metrics["val/kl"], rel=1e-4)
 
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
@@ -67,15 +72,23 @@ def test_cli_run_tensorboard_checkpoint_and_eval(tmp_path):
     assert "latent/test" in (run / "tensorboard" / "projector_config.pbtxt").read_text()
 
     best = run / "checkpoints" / "best.ckpt"
-    evaluated = run_cli("vaelab.eval", [f"ckpt_path={best}", f"data.root={DATA_ROOT}",
-                                        "trainer.enable_progress_bar=false"], tmp_path)
+    evaluated = run_cli("vaelab.eval", [f"ckpt_path={best}", f"data.root={DATA_ROOT}", "eval.iw_samples=50",
+                                        "anomaly.ood_data=fashion_mnist", "trainer.enable_progress_bar=false"], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     (eval_run,) = run_folders(tmp_path, "eval")
     scores = json.loads((eval_run / "metrics.json").read_text())
     assert scores["test/nelbo"] == pytest.approx(scores["test/recon"] + scores["test/kl"], rel=1e-6)
     assert f"test/nelbo = {scores['test/nelbo']:.4f}" in evaluated.stdout
-    for picture in ("samples.png", "reconstructions.png"):
+    assert scores["test/nll_iw"] < scores["test/nelbo"]  # the IWAE bound is tighter than the ELBO
+    assert scores["test/bpd"] == pytest.approx(scores["test/nll_iw"] / (784 * math.log(2)), rel=1e-6)
+    assert {"test/active_units", "test/mi"} <= set(scores) and len(scores["test/kl_per_dim"]) == 20
+    assert 0.5 < scores["anomaly/auroc_nelbo"] <= 1 and 0.5 < scores["anomaly/auroc_nll_iw"] <= 1
+    assert scores["anomaly/inliers"] == scores["anomaly/outliers"] == 10000
+    for picture in ("samples.png", "reconstructions.png", "anomaly_nelbo.png", "anomaly_nll_iw.png"):
         assert (eval_run / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    histograms = EventAccumulator(str(eval_run / "tensorboard"), size_guidance={"histograms": 0})
+    histograms.Reload()
+    assert {"anomaly/nelbo_inliers", "anomaly/nelbo_outliers"} <= set(histograms.Tags()["histograms"])
 
 
 def test_ddp_sim_trains_with_two_processes_and_only_rank_zero_writes(tmp_path):
@@ -131,3 +144,55 @@ def test_a_wheel_install_finds_its_configs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[0].startswith(str(target))
     assert "name: cifar10" in result.stdout and "ConvEncoder" in result.stdout
+
+
+class BreakLikelihoodAtEpoch(L.Callback):
+    """Makes the Gaussian likelihood's scale underflow from the given epoch on: recon becomes infinite."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            pl_module.likelihood.scale = 1e-30
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = compose_config(tmp_path, [*FAST, "likelihood=gaussian", "trainer.max_epochs=3"])
+    with pytest.raises(NonFiniteLossError, match=r"train/recon became NaN or infinite at step 5; .*last.ckpt"):
+        train(cfg, extra_callbacks=[BreakLikelihoodAtEpoch(1)])
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 0 and last["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+class CollapseEncoder(L.Callback):
+    """q(z|x) = N(0, ~1) for every x: a fully collapsed posterior."""
+
+    def on_fit_start(self, trainer, pl_module):
+        with torch.no_grad():
+            last = pl_module.encoder.net[-1]
+            last.weight.zero_()
+            last.bias.zero_()
+
+
+def test_a_collapsed_posterior_is_reported(tmp_path, caplog):
+    cfg = compose_config(tmp_path, [*FAST, "optimizer.lr=0", "optimizer.fused=false", "trainer.max_epochs=1"])
+    metrics = train(cfg, extra_callbacks=[CollapseEncoder()])
+    assert metrics["val/active_units"] == 0 and metrics["val/kl"] < 0.1
+    assert metrics["val/mi"] == pytest.approx(0.0, abs=0.3)  # Monte-Carlo noise of ~0.1 nats with 1000 images
+    assert any("posterior has collapsed" in r.message for r in caplog.records)
+
+
+def test_holdout_class_anomaly_detection(tmp_path):
+    held_out = compose_config(tmp_path, [*FAST, "data.exclude_classes=[1]", "trainer.max_epochs=1"])
+    train(held_out)
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    evaluated = run_cli("vaelab.eval", [f"ckpt_path={best}", f"data.root={DATA_ROOT}", "eval.iw_samples=5",
+                                        "anomaly.holdout_class=1", "trainer.enable_progress_bar=false"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (eval_run,) = run_folders(tmp_path, "eval")
+    scores = json.loads((eval_run / "metrics.json").read_text())
+    assert scores["anomaly/outliers"] == 1135  # the ones of the MNIST test set
+    assert scores["anomaly/inliers"] == 10000 - 1135
+    assert 0 <= scores["anomaly/auroc_nelbo"] <= 1

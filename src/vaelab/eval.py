@@ -1,7 +1,12 @@
 """Evaluate a checkpoint on the test set: ``python -m vaelab.eval ckpt_path=...`` (``vaelab-eval``).
 
-Writes ``samples.png`` (decoded prior samples), ``reconstructions.png`` (test images above
-their reconstructions) and ``metrics.json`` into the eval run folder, and prints the metrics.
+Computes ``test/nelbo``, ``test/recon``, ``test/kl``, ``test/nll_iw`` (IWAE with
+``eval.iw_samples`` samples), ``test/bpd`` (discrete likelihoods), ``test/active_units``,
+``test/mi`` and ``test/kl_per_dim``; with ``anomaly.ood_data`` or ``anomaly.holdout_class``
+also the anomaly-detection AUROCs. Writes ``metrics.json``, ``samples.png`` (decoded prior
+samples), ``reconstructions.png`` (test images above their reconstructions) and, for anomaly
+detection, ``anomaly_<score>.png`` histograms and a TensorBoard log into the eval run folder,
+and prints the metrics.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid
 
+from vaelab import anomaly
 from vaelab.entry import log, pin_run_dir, task_wrapper
-from vaelab.errors import VaelabError, instantiate
+from vaelab.errors import ConfigError, VaelabError, instantiate
 from vaelab.files import save_image_atomic, write_json_atomic
 from vaelab.module import VAEModule
 
@@ -29,14 +35,57 @@ def load_checkpoint(path: str) -> VAEModule:
         raise VaelabError(f"{path} is not a vaelab checkpoint or is corrupt ({type(err).__name__}: {err})") from err
 
 
+def datamodule_for(model: VAEModule, cfg: DictConfig, **overrides):
+    """The checkpoint's dataset, read from where this machine keeps it (``cfg.data``)."""
+    data_cfg = {**model.hparams.config["data"], **{k: v for k, v in cfg.data.items() if v is not None}, **overrides}
+    return instantiate(OmegaConf.create(data_cfg))
+
+
+def detect_anomalies(model: VAEModule, cfg: DictConfig, datamodule, out: Path) -> dict[str, float]:
+    """AUROC of the nelbo and IWAE scores for in-distribution against out-of-distribution test images."""
+    settings = cfg.anomaly
+    if settings.ood_data and settings.holdout_class is not None:
+        raise ConfigError("give anomaly.ood_data or anomaly.holdout_class, not both")
+    k, chunk = cfg.eval.iw_samples or 100, cfg.eval.iw_chunk
+    inliers = anomaly.score_images(model, datamodule.test_dataloader(), k, chunk)
+    if settings.ood_data:
+        mirrors = [*model.hparams.config["data"].get("extra_mirrors", []), *settings.ood_extra_mirrors]
+        other = datamodule_for(model, cfg, name=settings.ood_data, extra_mirrors=mirrors, exclude_classes=[])
+        other.setup("test")
+        outliers = anomaly.score_images(model, other.test_dataloader(), k, chunk)
+        names = (model.hparams.config["data"]["name"], settings.ood_data)
+    else:
+        labels = datamodule.test_set.labels
+        held_out = labels == int(settings.holdout_class)
+        if not held_out.any():
+            raise ConfigError(f"anomaly.holdout_class={settings.holdout_class} has no test images")
+        outliers = {name: scores[held_out] for name, scores in inliers.items()}
+        inliers = {name: scores[~held_out] for name, scores in inliers.items()}
+        names = ("other classes", f"class {settings.holdout_class}")
+    from torch.utils.tensorboard import SummaryWriter
+
+    results = {}
+    with SummaryWriter(str(out / "tensorboard")) as writer:
+        for score in ("nelbo", "nll_iw"):
+            results[f"anomaly/auroc_{score}"] = anomaly.auroc(inliers[score], outliers[score])
+            writer.add_histogram(f"anomaly/{score}_inliers", inliers[score])
+            writer.add_histogram(f"anomaly/{score}_outliers", outliers[score])
+            fig = anomaly.histogram_figure(inliers[score], outliers[score], score, names)
+            fig.savefig(out / f"anomaly_{score}.png")
+            writer.add_figure(f"anomaly/{score}_histogram", fig)
+    results["anomaly/inliers"], results["anomaly/outliers"] = len(inliers["nelbo"]), len(outliers["nelbo"])
+    return results
+
+
 def evaluate(cfg: DictConfig) -> dict:
     pin_run_dir()
     L.seed_everything(cfg.seed, workers=True)
     model = load_checkpoint(cfg.ckpt_path)
-    data_cfg = {**model.hparams.config["data"], **{k: v for k, v in cfg.data.items() if v is not None}}
-    datamodule = instantiate(OmegaConf.create(data_cfg))
+    model.iw_samples, model.iw_chunk = int(cfg.eval.iw_samples), int(cfg.eval.iw_chunk)
+    datamodule = datamodule_for(model, cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
-    metrics = trainer.test(model, datamodule=datamodule)[0]
+    metrics = {k: float(v) for k, v in trainer.test(model, datamodule=datamodule)[0].items()}
+    metrics["test/kl_per_dim"] = model.kl_per_dim["test"].tolist()
 
     out = Path(cfg.paths.output_dir)
     model.eval()
@@ -47,13 +96,16 @@ def evaluate(cfg: DictConfig) -> dict:
         samples = model.decode_mean(torch.randn(cfg.num_samples, model.latent_dim, device=model.device))
     save_image_atomic(make_grid(torch.cat([x, recon]).cpu(), nrow=len(x), pad_value=0.5), out / "reconstructions.png")
     save_image_atomic(make_grid(samples.cpu(), nrow=8, pad_value=0.5), out / "samples.png")
+    if cfg.anomaly.ood_data or cfg.anomaly.holdout_class is not None:
+        metrics.update(detect_anomalies(model, cfg, datamodule, out))
 
-    record = {**{k: float(v) for k, v in metrics.items()}, "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
-              "seed": cfg.seed}
+    record = {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve()), "seed": cfg.seed,
+              "iw_samples": cfg.eval.iw_samples}
     write_json_atomic(out / "metrics.json", record)
     for name, value in sorted(metrics.items()):
-        print(f"{name} = {value:.4f}")
-    log.info("wrote metrics.json, samples.png and reconstructions.png to %s", out)
+        if not isinstance(value, list):
+            print(f"{name} = {value:.4f}")
+    log.info("wrote metrics.json and pictures to %s", out)
     return record
 
 

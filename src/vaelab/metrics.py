@@ -1,12 +1,18 @@
-"""Epoch means of the loss terms, accumulated on the device.
+"""What is measured about a VAE beyond its loss.
 
-Updating is a few tensor additions with no host synchronization (torchmetrics' NaN check,
-which would read a value back every step, is disabled); the per-image mean over the epoch is
-read once, at epoch end, and under DDP reduced across processes as sums and counts, so it is
-the exact mean over all images whatever the shard sizes.
+- ``TermMeans``: epoch means of the loss terms, accumulated on the device. Updating is a few
+  tensor additions with no host synchronization (torchmetrics' NaN check, which would read a
+  value back every step, is disabled); the per-image mean over the epoch is read once, at epoch
+  end, and under DDP reduced across processes as sums and counts, so it is the exact mean over
+  all images whatever the shard sizes.
+- Latent diagnostics from the posteriors of a set of images: KL per dimension, active units,
+  the mutual information I(x; z).
+- ``bits_per_dim``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -30,3 +36,40 @@ class TermMeans(nn.Module):
         for mean in self.means.values():
             mean.reset()
         return out
+
+
+def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Mean over images of KL(q(z_d|x) || N(0, 1)) for each latent dimension d: [D]."""
+    return (0.5 * (mu**2 + logvar.exp() - 1.0 - logvar)).mean(0)
+
+
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
+    """Number of dimensions d with Cov_x(E_q[z_d]) = Var_x(mu_d(x)) > threshold (Burda et al. 2016)."""
+    return int((mu.var(0) > threshold).sum())
+
+
+def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
+                       chunk: int = 1024) -> float:
+    """I(x; z) under the aggregate posterior q(z) = (1/N) sum_n q(z|x_n) of the N images given:
+
+        I = E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)],
+
+    the first term in closed form (minus the Gaussian entropy), the second with one z_i ~ q(z|x_i)
+    per image and log q(z_i) = logsumexp_n log q(z_i|x_n) - log N (Hoffman & Johnson 2016;
+    He et al. 2019). Bounded by log N."""
+    n, d = mu.shape
+    neg_entropy = (-0.5 * d * math.log(2 * math.pi) - 0.5 * (1 + logvar).sum(1)).mean()
+    eps = torch.randn(mu.shape, generator=generator, device="cpu").to(mu.device, mu.dtype)
+    z = mu + (0.5 * logvar).exp() * eps
+    inv_var = (-logvar).exp()
+    log_norm = -0.5 * (logvar.sum(1) + d * math.log(2 * math.pi))  # [N]
+    log_qz = []
+    for zc in z.split(chunk):
+        sq = ((zc.unsqueeze(1) - mu.unsqueeze(0)) ** 2 * inv_var.unsqueeze(0)).sum(-1)  # [c, N]
+        log_qz.append(torch.logsumexp(log_norm.unsqueeze(0) - 0.5 * sq, dim=1) - math.log(n))
+    return float(neg_entropy - torch.cat(log_qz).mean())
+
+
+def bits_per_dim(nll_nats: torch.Tensor | float, dims: int) -> torch.Tensor | float:
+    """Negative log-likelihood per image (nats) to bits per dimension: NLL / (D ln 2)."""
+    return nll_nats / (dims * math.log(2))

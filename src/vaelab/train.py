@@ -29,12 +29,13 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
 
     log.info("training %s on %s", cfg.model.encoder._target_.rsplit(".", 1)[-1], cfg.data.name)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = epoch_metrics(trainer)
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             log.warning("no best checkpoint was saved: testing the weights of the last step")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-    metrics = epoch_metrics(trainer)
+        metrics.update(epoch_metrics(trainer))
     log.info("final metrics: %s", {k: round(v, 3) for k, v in sorted(metrics.items())})
     return metrics
 

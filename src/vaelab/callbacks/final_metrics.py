@@ -33,7 +33,8 @@ def epoch_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 class FinalMetrics(L.Callback):
     """Writes ``metrics.json`` after training and again after testing (rank 0 only, atomically):
-    every final epoch metric by its logged name (``val/nelbo``, ``test/nelbo``, ...), plus ``seed``,
+    every final epoch metric by its logged name (``val/nelbo``, ``test/nelbo``, ...), the KL of
+    each latent dimension (``val/kl_per_dim``, ``test/kl_per_dim``), plus ``seed``,
     ``epochs``, ``global_step``, ``wall_time_s``, ``config_path`` and the checkpoint tested.
     After testing it also fills TensorBoard's hparams tab with the flattened config and the
     test and val metrics (as ``hp/<name>``)."""
@@ -54,16 +55,19 @@ class FinalMetrics(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         self._collect(trainer)
+        self.metrics.update({f"{stage}/kl_per_dim": kl.tolist() for stage, kl in pl_module.kl_per_dim.items()})
         if trainer.is_global_zero:
             write_json_atomic(self.path, self.metrics)
 
     def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
         self._collect(trainer)
+        self.metrics["test/kl_per_dim"] = pl_module.kl_per_dim["test"].tolist()
         self.metrics["test_ckpt_path"] = trainer.ckpt_path
         if not trainer.is_global_zero:
             return
         write_json_atomic(self.path, self.metrics)
-        hp_metrics = {f"hp/{k}": v for k, v in self.metrics.items() if k.startswith(("val/", "test/"))}
+        hp_metrics = {f"hp/{k}": v for k, v in self.metrics.items()
+                      if k.startswith(("val/", "test/")) and not isinstance(v, list)}
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(flatten(pl_module.hparams.config), metrics=hp_metrics)

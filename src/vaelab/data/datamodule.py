@@ -22,18 +22,21 @@ from vaelab.errors import ConfigError, DataError
 
 
 class TensorImages(Dataset):
-    """Images (uint8 [N, C, H, W]) and labels served as (float images in [0, 1], labels) batches."""
+    """Images (uint8 [N, C, H, W]) and labels served as (float images in [0, 1], labels) batches;
+    with ``binarize`` each pixel is drawn as Bernoulli(intensity) at every access."""
 
-    def __init__(self, split: Split):
+    def __init__(self, split: Split, binarize: bool = False):
         self.images = split.images
         self.labels = split.labels
+        self.binarize = binarize
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[idx].float().div_(255.0), self.labels[idx]
+        x = self.images[idx].float().div_(255.0)
+        return (torch.bernoulli(x) if self.binarize else x), self.labels[idx]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([index])
@@ -52,6 +55,12 @@ class ImageDataModule(L.LightningDataModule):
     ``batch_size`` is the global batch: under DDP each of the W processes gets
     ``batch_size / W`` images per step (it must divide evenly).
 
+    ``binarize``: ``none`` serves intensities in [0, 1]; ``static`` draws every pixel once as
+    Bernoulli(intensity) with ``binarize_seed``; ``dynamic`` draws the training images afresh at
+    every batch and the validation and test images once, as ``static`` does, so that evaluation
+    is repeatable. ``exclude_classes`` removes those labels from the training and validation
+    sets (the test set stays whole), e.g. to hold a digit out for anomaly detection.
+
     ``on_device``: ``auto`` keeps the splits on the training device when they fit in a quarter
     of its free memory (always on the CPU, where they are in memory anyway), ``true`` always,
     ``false`` never (then ``num_workers`` and ``pin_memory`` apply). ``seed`` fixes the
@@ -62,7 +71,8 @@ class ImageDataModule(L.LightningDataModule):
                  extra_mirrors: Sequence[str] = (), download: bool = True, val_size: int = 5000,
                  split_seed: int = 0, batch_size: int = 128, eval_batch_size: int | None = None,
                  num_workers: int = 0, pin_memory: bool = False, on_device: bool | str = "auto",
-                 seed: int | None = 0):
+                 seed: int | None = 0, binarize: str = "none", binarize_seed: int = 0,
+                 exclude_classes: Sequence[int] = ()):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -82,6 +92,11 @@ class ImageDataModule(L.LightningDataModule):
         if on_device not in (True, False, "auto"):
             raise ConfigError(f"data.on_device must be auto, true or false, got {on_device!r}")
         self.on_device = on_device
+        if binarize not in ("none", "static", "dynamic"):
+            raise ConfigError(f"data.binarize must be none, static or dynamic, got {binarize!r}")
+        self.binarize = binarize
+        self.binarize_seed = binarize_seed
+        self.exclude_classes = list(exclude_classes)
         self.seed = seed or 0
         self.train_set = self.val_set = self.test_set = None
         self.device_splits: dict[str, Split] = {}
@@ -99,9 +114,11 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_size={self.val_size} leaves no training images (the training set has {n})")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         val_idx, train_idx = order[: self.val_size].sort().values, order[self.val_size :].sort().values
-        self.train_set = TensorImages(Split(data.train.images[train_idx], data.train.labels[train_idx]))
-        self.val_set = TensorImages(Split(data.train.images[val_idx], data.train.labels[val_idx])) if self.val_size else None
-        self.test_set = TensorImages(data.test)
+        train, val = (self._kept(Split(data.train.images[i], data.train.labels[i])) for i in (train_idx, val_idx))
+        dynamic = self.binarize == "dynamic"
+        self.train_set = TensorImages(self._binarized(train, 1) if not dynamic else train, binarize=dynamic)
+        self.val_set = TensorImages(self._binarized(val, 2)) if self.val_size else None
+        self.test_set = TensorImages(self._binarized(data.test, 3))
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if self._fits_on(device):
             self.device_splits = {
@@ -109,6 +126,20 @@ class ImageDataModule(L.LightningDataModule):
                 for name, ds in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))
                 if ds is not None
             }
+
+    def _kept(self, split: Split) -> Split:
+        if not self.exclude_classes:
+            return split
+        keep = ~torch.isin(split.labels, torch.tensor(self.exclude_classes))
+        return Split(split.images[keep], split.labels[keep])
+
+    def _binarized(self, split: Split, stream: int) -> Split:
+        """Every pixel drawn once as Bernoulli(intensity), stored as 0 or 255 (unless binarize=none)."""
+        if self.binarize == "none":
+            return split
+        generator = torch.Generator().manual_seed(self.binarize_seed * 10 + stream)
+        draws = torch.rand(split.images.shape, generator=generator) < split.images.float() / 255
+        return Split(draws.to(torch.uint8) * 255, split.labels)
 
     def _fits_on(self, device: torch.device) -> bool:
         if self.on_device != "auto" or device.type == "cpu":
@@ -138,6 +169,7 @@ class ImageDataModule(L.LightningDataModule):
                 data.images, data.labels, self.per_device_batch_size(batch_size), shuffle=shuffle, seed=self.seed,
                 rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
                 even_shards=split == "train", current_epoch=lambda: trainer.current_epoch if trainer else 0,
+                binarize=dataset.binarize,
             )
         return DataLoader(
             dataset, batch_size=self.per_device_batch_size(batch_size), shuffle=shuffle,

@@ -22,12 +22,14 @@ class DeviceBatches:
     takes every world_size-th index of that order (``rank`` first). With ``even_shards`` the
     order is first padded by repeating its start, as torch's DistributedSampler does, so every
     process gets the same number of batches (needed for training, where each step synchronizes
-    gradients); evaluation leaves shards uneven so that no image counts twice.
+    gradients); evaluation leaves shards uneven so that no image counts twice. With
+    ``binarize`` each pixel of each batch is drawn afresh as Bernoulli(intensity) (dynamic
+    binarization).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
                  seed: int = 0, rank: int = 0, world_size: int = 1, even_shards: bool = False,
-                 current_epoch: Callable[[], int] = lambda: 0):
+                 current_epoch: Callable[[], int] = lambda: 0, binarize: bool = False):
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -35,6 +37,7 @@ class DeviceBatches:
         self.rank, self.world_size = rank, world_size
         self.even_shards = even_shards
         self.current_epoch = current_epoch
+        self.binarize = binarize
 
     def _shard_size(self) -> int:
         n = len(self.labels)
@@ -61,4 +64,5 @@ class DeviceBatches:
         order = self._order()
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.images[idx].float().div_(255.0), self.labels[idx]
+            x = self.images[idx].float().div_(255.0)
+            yield (torch.bernoulli(x) if self.binarize else x), self.labels[idx]

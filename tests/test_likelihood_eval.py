@@ -1,0 +1,223 @@
+"""Likelihood evaluation, diagnostics, objectives and schedules against closed forms."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal
+
+from test_maths import tiny_config
+from vaelab.anomaly import auroc
+from vaelab.errors import ConfigError
+from vaelab.likelihoods import DiscretizedLogistic
+from vaelab.metrics import active_units, bits_per_dim, kl_per_dimension, mutual_information
+from vaelab.module import VAEModule
+from vaelab.objectives import IWAE, BetaTC, log_importance_weights
+from vaelab.posteriors import DiagonalGaussian
+from vaelab.priors import standard_normal_log_prob
+from vaelab.schedules import Capacity, Cyclical, FreeBits, LinearWarmup
+
+SIGMA = 0.5
+
+
+def linear_gaussian_vae():
+    """x = W z + b + sigma * noise, z ~ N(0, I): a VAE with a linear decoder and an encoder giving the
+    exact posterior mean and twice the diagonal of the exact posterior covariance (so q is close
+    to, but not, the posterior)."""
+    torch.manual_seed(0)
+    config = tiny_config(likelihood={"_target_": "vaelab.likelihoods.Gaussian", "scale": SIGMA},
+                         shape=(1, 2, 2), latent_dim=2)
+    config["model"]["encoder"]["hidden"] = []
+    config["model"]["decoder"]["hidden"] = []
+    model = VAEModule(config).double()
+    w, b = torch.tensor([[1.0, 0.5], [-0.3, 0.8], [0.6, -0.7], [0.2, 0.4]], dtype=torch.double), \
+        torch.tensor([0.1, -0.2, 0.3, 0.0], dtype=torch.double)
+    cov = torch.linalg.inv(torch.eye(2, dtype=torch.double) + w.T @ w / SIGMA**2)
+    gain = cov @ w.T / SIGMA**2
+    logvar = (2 * cov.diagonal()).log()
+    half, centre = (DiagonalGaussian.LOGVAR_MAX - DiagonalGaussian.LOGVAR_MIN) / 2, \
+        (DiagonalGaussian.LOGVAR_MAX + DiagonalGaussian.LOGVAR_MIN) / 2
+    raw = centre + half * torch.atanh((logvar - centre) / half)
+    with torch.no_grad():
+        enc, dec = model.encoder.net[-1], model.decoder.net[0]
+        enc.weight.copy_(torch.cat([gain, torch.zeros(2, 4, dtype=torch.double)]))
+        enc.bias.copy_(torch.cat([-gain @ b, raw]))
+        dec.weight.copy_(w)
+        dec.bias.copy_(b)
+    exact = MultivariateNormal(b, w @ w.T + SIGMA**2 * torch.eye(4, dtype=torch.double))
+    return model, exact
+
+
+def test_iwae_converges_to_the_exact_log_likelihood_of_a_linear_gaussian_vae():
+    model, exact = linear_gaussian_vae()
+    x = exact.sample((20,))
+    log_px = exact.log_prob(x)
+    images = x.view(20, 1, 2, 2)
+    torch.manual_seed(1)
+    iwae = model.iwae_log_likelihood(images, 5000, chunk=1000)
+    torch.testing.assert_close(iwae, log_px, atol=0.02, rtol=0)
+    assert abs((iwae - log_px).mean().item()) < 0.005
+    elbo = model.iwae_log_likelihood(images, 1, chunk=1)
+    with torch.no_grad():
+        q, z, lp = model.sample_terms(images, 20000)
+        elbo = log_importance_weights(q, z, lp).mean(0)
+    assert (elbo < log_px - 0.01).all(), "the ELBO must lie below log p(x) (q is diagonal, the posterior is not)"
+
+
+def test_iwae_bound_grows_with_k_and_equals_the_elbo_at_k_one():
+    model, exact = linear_gaussian_vae()
+    torch.manual_seed(2)
+    images = exact.sample((200,)).view(200, 1, 2, 2)
+    with torch.no_grad():
+        q, z, lp = model.sample_terms(images, 4000)
+        log_w = log_importance_weights(q, z, lp)  # [4000, 200]
+    bounds = []
+    for k in (1, 2, 5, 20, 100):
+        groups = log_w[: (4000 // k) * k].view(-1, k, 200)
+        bounds.append((torch.logsumexp(groups, 1) - math.log(k)).mean().item())
+    assert all(b2 >= b1 - 1e-3 for b1, b2 in zip(bounds, bounds[1:], strict=False)), bounds
+    # the k=1 bound is the ELBO: E_q log p(x|z) - KL in closed form for a linear Gaussian decoder
+    w, b = model.decoder.net[0].weight, model.decoder.net[0].bias
+    x = images.view(200, 4)
+    mean_residual = ((x - b - q.mu @ w.T) ** 2).sum(1)
+    trace = (w**2 @ q.logvar.exp().T).sum(0)
+    expected_log_px = -0.5 * 4 * math.log(2 * math.pi * SIGMA**2) - 0.5 * (mean_residual + trace) / SIGMA**2
+    elbo = (expected_log_px - q.kl_standard_normal()).mean().item()
+    assert bounds[0] == pytest.approx(elbo, abs=0.02)
+
+
+def test_iwae_gradient_uses_detached_normalized_weights():
+    torch.manual_seed(3)
+    model = VAEModule(tiny_config(latent_dim=2)).double()
+    x = torch.rand(4, 1, 4, 4, dtype=torch.double)
+    eps = torch.randn(6, 4, 2, dtype=torch.double)
+    objective = IWAE(k=6)
+
+    def bound():
+        mu, logvar, log_px = model._eager_log_px(x, eps)
+        q = DiagonalGaussian(mu, logvar)
+        return q, q.sample_from_noise(eps), log_px
+
+    loss = objective(*bound()).loss
+    params = list(model.parameters())
+    grads = torch.autograd.grad(loss, params)
+    q, z, log_px = bound()
+    direct = -(torch.logsumexp(log_importance_weights(q, z, log_px), 0) - math.log(6)).mean()
+    torch.testing.assert_close(loss, direct)  # the logged loss is the bound itself
+    for g, d in zip(grads, torch.autograd.grad(direct, params), strict=True):
+        torch.testing.assert_close(g, d)
+    # and a finite difference on one weight
+    weight = model.decoder.net[0].weight
+    with torch.no_grad():
+        weight[0, 0] += 1e-6
+        up = objective(*bound()).loss
+        weight[0, 0] -= 2e-6
+        down = objective(*bound()).loss
+        weight[0, 0] += 1e-6
+    analytic = next(g for g, p in zip(grads, params, strict=True) if p is weight)[0, 0].item()
+    assert ((up - down) / 2e-6).item() == pytest.approx(analytic, rel=1e-4)
+
+
+def test_discretized_logistic_probabilities_sum_to_one():
+    torch.manual_seed(4)
+    lik = DiscretizedLogistic(components=3)
+    params = torch.randn(1, 3 * 3, 1, 1) * torch.tensor([2.0] * 3 + [0.7] * 3 + [1.0] * 3).view(1, 9, 1, 1)
+    values = torch.arange(256, dtype=torch.float32).view(256, 1, 1, 1) / 255
+    log_p = lik.log_prob(params.expand(256, 9, 1, 1), values).flatten()
+    assert torch.logsumexp(log_p, 0).exp().item() == pytest.approx(1.0, abs=1e-5)
+    assert lik.nll(params, values[:1]).item() == pytest.approx(-log_p[0].item())
+
+
+def test_bits_per_dim_of_a_uniform_model_is_eight():
+    dims = 3 * 32 * 32
+    nll = -torch.distributions.Categorical(logits=torch.zeros(256)).log_prob(torch.tensor(17)) * dims
+    assert bits_per_dim(nll, dims).item() == pytest.approx(8.0)
+
+
+def test_active_units_kl_and_mutual_information_find_the_collapsed_dimensions():
+    torch.manual_seed(5)
+    n = 2000
+    informative = torch.randn(n, 3) * 2.0
+    mu = torch.cat([informative, torch.zeros(n, 3)], 1)
+    logvar = torch.cat([torch.full((n, 3), -4.0), torch.zeros(n, 3)], 1)
+    assert active_units(mu) == 3
+    kl = kl_per_dimension(mu, logvar)
+    assert (kl[3:] == 0).all() and (kl[:3] > 1).all()
+    generator = torch.Generator().manual_seed(0)
+    assert mutual_information(mu[:, 3:], logvar[:, 3:], generator) == pytest.approx(0.0, abs=0.02)
+    mi = mutual_information(mu, logvar, generator)
+    assert 0 < mi <= math.log(n)
+
+
+def test_mutual_information_matches_numerical_integration():
+    """Two kinds of images, q(z|x) = N(+-1, 0.5^2): I(x; z) = H(z) - H(z|x), integrated on a grid."""
+    mu = torch.tensor([[1.0], [-1.0]]).repeat(1000, 1)
+    logvar = torch.full_like(mu, 2 * math.log(0.5))
+    grid = torch.linspace(-6, 6, 20001, dtype=torch.double)
+    normal = torch.distributions.Normal(torch.tensor([[1.0], [-1.0]], dtype=torch.double), 0.5)
+    mixture = normal.log_prob(grid).exp().mean(0)
+    h_z = -(mixture * mixture.clamp(min=1e-300).log()).sum() * (grid[1] - grid[0])
+    h_z_given_x = 0.5 * math.log(2 * math.pi * math.e * 0.25)
+    exact = (h_z - h_z_given_x).item()
+    estimate = mutual_information(mu, logvar, torch.Generator().manual_seed(0))
+    assert estimate == pytest.approx(exact, abs=0.02)
+
+
+def test_beta_tc_terms_add_up_to_the_kl_estimate():
+    """MI + TC + dimension-wise KL = E[log q(z|x) - log p(z)] exactly (the decomposition telescopes)."""
+    torch.manual_seed(6)
+    q = DiagonalGaussian(torch.randn(32, 4), torch.randn(32, 4) * 0.3)
+    z = q.rsample(1)
+    log_px = torch.zeros(1, 32)
+    one = BetaTC(beta=1.0, dataset_size=1000)(q, z, log_px)
+    six = BetaTC(beta=6.0, dataset_size=1000)(q, z, log_px)
+    kl_estimate = (q.log_prob(z[0]) - standard_normal_log_prob(z[0])).mean()
+    torch.testing.assert_close(one.loss, kl_estimate)
+    assert six.loss.item() > one.loss.item()  # the total correlation of a random batch is positive
+    weights = BetaTC(dataset_size=1000).log_stratified_weights(32, "cpu").exp()
+    assert torch.allclose(weights.sum(1)[:30], torch.ones(30))  # importance weights averaging over the data set
+
+
+def test_kl_schedules():
+    kl = torch.tensor([0.1, 1.0, 2.0])
+    assert LinearWarmup(100)(kl, 25).item() == pytest.approx(0.25 * 3.1)
+    assert LinearWarmup(100)(kl, 500).item() == pytest.approx(3.1)
+    cyc = Cyclical(cycles=4, ratio=0.5)
+    cyc.setup(400)
+    assert [cyc.weight(s) for s in (0, 25, 50, 99, 100, 125)] == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5]
+    assert FreeBits(0.5)(kl, 0).item() == pytest.approx(0.5 + 1.0 + 2.0)
+    cap = Capacity(c_max=10.0, anneal_steps=100, gamma=2.0)
+    assert cap(kl, 50).item() == pytest.approx(2.0 * abs(3.1 - 5.0))
+    with pytest.raises(ConfigError):
+        IWAE(k=5, kl_schedule=FreeBits(0.5))
+
+
+def test_auroc_matches_the_rank_statistic():
+    torch.manual_seed(7)
+    inliers, outliers = torch.randn(300), torch.randn(200) + 1.0
+    wins = (outliers.unsqueeze(1) > inliers.unsqueeze(0)).double().mean().item()
+    assert auroc(inliers, outliers) == pytest.approx(wins, abs=1e-6)
+    # scores in nats are large: the order alone must count
+    assert auroc(inliers.double() * 0.1 + 500.0, outliers.double() * 0.1 + 500.0) == pytest.approx(wins, abs=1e-6)
+
+
+def test_static_and_dynamic_binarization():
+    from conftest import DATA_ROOT, MIRROR
+    from vaelab.data.datamodule import ImageDataModule
+
+    def datamodule(binarize):
+        dm = ImageDataModule(name="mnist", shape=[1, 28, 28], root=str(DATA_ROOT), mirror=MIRROR, download=False,
+                             val_size=1000, batch_size=500, binarize=binarize)
+        dm.setup("fit")
+        return dm
+
+    static, dynamic = datamodule("static"), datamodule("dynamic")
+    assert set(static.train_set.images.unique().tolist()) == {0, 255}
+    (x1, _), (x2, _) = next(iter(dynamic.train_dataloader())), next(iter(dynamic.train_dataloader()))
+    assert set(x1.unique().tolist()) == {0.0, 1.0} and not torch.equal(x1, x2)  # fresh draws every time
+    # the evaluation images are drawn once, identically in every run
+    assert torch.equal(dynamic.test_set.images, datamodule("dynamic").test_set.images)
+    assert torch.equal(dynamic.test_set.images, static.test_set.images)
+    # the mean of the binarized images is the mean intensity
+    intensities = datamodule("none").test_set.images.double() / 255
+    assert (static.test_set.images.double() / 255).mean().item() == pytest.approx(intensities.mean().item(), abs=2e-3)
