@@ -69,6 +69,7 @@ def test_cli_run_tensorboard_checkpoint_and_eval(tmp_path):
     assert images <= set(tags["images"])
     assert len(events.Images("images/reconstructions")) == 2  # one per epoch
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    assert "latent/kl_per_dim" in tags["histograms"] and "latent/kl_per_dim_bars" in tags["images"]
     assert "latent/test" in (run / "tensorboard" / "projector_config.pbtxt").read_text()
 
     best = run / "checkpoints" / "best.ckpt"
