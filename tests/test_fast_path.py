@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from conftest import DATA_ROOT, compose_config, read_metrics
 from test_maths import tiny_config
+
 from vaelab.module import VAEModule
 from vaelab.train import train
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from test_maths import tiny_config
 from torch.distributions import MultivariateNormal
 
-from test_maths import tiny_config
 from vaelab.anomaly import auroc
 from vaelab.errors import ConfigError
 from vaelab.likelihoods import DiscretizedLogistic
@@ -203,6 +203,7 @@ def test_auroc_matches_the_rank_statistic():
 
 def test_static_and_dynamic_binarization():
     from conftest import DATA_ROOT, MIRROR
+
     from vaelab.data.datamodule import ImageDataModule
 
     def datamodule(binarize):

@@ -8,8 +8,9 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab import run_info
 from vaelab.callbacks.final_metrics import epoch_metrics
-from vaelab.entry import instantiate_each, log, pin_run_dir, task_wrapper
+from vaelab.entry import instantiate_each, log, pin_run_dir, refuse_ddp_in_multirun, task_wrapper
 from vaelab.errors import instantiate
 from vaelab.module import VAEModule
 
@@ -19,6 +20,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
 
     ``extra_callbacks`` join those of the config (for programmatic use, e.g. benchmarks)."""
     pin_run_dir()
+    run_info.write(cfg, cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -26,6 +28,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     callbacks = [*instantiate_each(cfg.get("callbacks")), *extra_callbacks]
     loggers = instantiate_each(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    refuse_ddp_in_multirun(trainer)
 
     log.info("training %s on %s", cfg.model.encoder._target_.rsplit(".", 1)[-1], cfg.data.name)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

@@ -10,6 +10,7 @@ Two ways to serve batches, both converting to float intensities in [0, 1] per ba
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
 
 import lightning as L
@@ -170,6 +171,11 @@ class ImageDataModule(L.LightningDataModule):
                 rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
                 even_shards=split == "train", current_epoch=lambda: trainer.current_epoch if trainer else 0,
                 binarize=dataset.binarize,
+            )
+        if self.num_workers > 0 and multiprocessing.current_process().daemon:
+            raise ConfigError(
+                "data.num_workers > 0 cannot start DataLoader workers inside a daemonic process (a joblib sweep "
+                "worker, Hydra #964): use data.num_workers=0 (the default) with data.on_device=auto"
             )
         return DataLoader(
             dataset, batch_size=self.per_device_batch_size(batch_size), shuffle=shuffle,

@@ -1,0 +1,192 @@
+"""Summarize a sweep: ``python -m vaelab.summarize <sweep folder> [--metric test/nelbo]``
+(console script ``vaelab-summarize``).
+
+Reads every job folder of a Hydra multirun (``<sweep>/<job>/.hydra/overrides.yaml``,
+``metrics.json``, ``failed.json``) and writes into the sweep folder:
+
+- ``summary.csv``: one row per job: its status (done, failed, running), its overrides, its
+  final scalar metrics;
+- ``summary.md``: the same table, done jobs sorted by ``--metric``, then the failed and
+  unfinished jobs with their errors;
+- ``plots/rate_distortion.png``: KL against reconstruction (test, else val) for each done job,
+  labelled by its beta; ``plots/<metric>_vs_<parameter>.png`` for each swept parameter;
+  the same figures in ``<sweep>/tensorboard``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from vaelab.entry import FAILURE_FILE
+from vaelab.files import atomic_file
+
+
+@dataclass
+class Job:
+    name: str
+    folder: Path
+    status: str  # done | failed | running
+    overrides: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    beta: float | None = None
+
+
+def _job_number(folder: Path):
+    return (0, int(folder.name)) if folder.name.isdigit() else (1, folder.name)
+
+
+def read_jobs(sweep: Path) -> list[Job]:
+    """Every job folder (one holding ``.hydra/``) directly under ``sweep``."""
+    jobs = []
+    for folder in sorted((p for p in sweep.iterdir() if (p / ".hydra").is_dir()), key=_job_number):
+        overrides_file = folder / ".hydra" / "overrides.yaml"
+        pairs = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
+        overrides = dict(str(p).split("=", 1) for p in pairs if "=" in str(p))
+        config = OmegaConf.load(folder / ".hydra" / "config.yaml") if (folder / ".hydra" / "config.yaml").is_file() \
+            else OmegaConf.create()
+        beta = OmegaConf.select(config, "objective.beta", default=None)
+        metrics_file = folder / "metrics.json"
+        raw = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        metrics = {k: v for k, v in raw.items() if "/" in k and isinstance(v, (int, float))}
+        wants_test = OmegaConf.select(config, "test", default=True)
+        if (folder / FAILURE_FILE).is_file():
+            status, error = "failed", json.loads((folder / FAILURE_FILE).read_text()).get("error", "")
+        elif raw and (not wants_test or any(k.startswith("test/") for k in metrics)):
+            status, error = "done", ""
+        else:
+            status, error = "running", "no final metrics yet (still running, or killed)"
+        jobs.append(Job(folder.name, folder, status, overrides, metrics, error,
+                        float(beta) if isinstance(beta, (int, float)) else None))
+    return jobs
+
+
+def swept_parameters(jobs: list[Job]) -> list[str]:
+    keys = sorted({k for job in jobs for k in job.overrides})
+    return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
+
+
+def _sorted_done(jobs: list[Job], metric: str, descending: bool) -> list[Job]:
+    done = [j for j in jobs if j.status == "done"]
+    return sorted(done, key=lambda j: (metric not in j.metrics, j.metrics.get(metric, math.inf) * (-1 if descending else 1)))
+
+
+def write_tables(sweep: Path, jobs: list[Job], metric: str, descending: bool) -> tuple[Path, Path]:
+    params = sorted({k for job in jobs for k in job.overrides})
+    metric_names = sorted({k for job in jobs for k in job.metrics})
+    columns = ["job", "status", *params, *metric_names, "error"]
+    ordered = _sorted_done(jobs, metric, descending) + [j for j in jobs if j.status != "done"]
+    rows = [[j.name, j.status, *(j.overrides.get(p, "") for p in params),
+             *(f"{j.metrics[m]:.6g}" if m in j.metrics else "" for m in metric_names), j.error] for j in ordered]
+    with atomic_file(sweep / "summary.csv", "w") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    shown = ["job", "status", *params, *([metric] if metric in metric_names else []),
+             *(m for m in metric_names if m != metric)]
+    text = io.StringIO()
+    text.write(f"# Sweep {sweep}\n\n{len(jobs)} jobs: " + ", ".join(
+        f"{sum(j.status == s for j in jobs)} {s}" for s in ("done", "failed", "running")) +
+        f"; sorted by {metric} ({'descending' if descending else 'ascending'})\n\n")
+    text.write("| " + " | ".join(shown) + " |\n|" + " --- |" * len(shown) + "\n")
+    for j in ordered:
+        cells = [j.name, j.status, *(j.overrides.get(p, "") for p in params)]
+        cells += [f"{j.metrics[m]:.4f}" if m in j.metrics else "" for m in shown[len(cells):]]
+        text.write("| " + " | ".join(cells) + " |\n")
+    problems = [j for j in jobs if j.status != "done"]
+    if problems:
+        text.write("\nNot done:\n\n" + "".join(f"- job {j.name} ({j.status}): {j.error}\n" for j in problems))
+    with atomic_file(sweep / "summary.md", "w") as f:
+        f.write(text.getvalue())
+    return sweep / "summary.csv", sweep / "summary.md"
+
+
+def make_plots(sweep: Path, jobs: list[Job], metric: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    done = [j for j in jobs if j.status == "done"]
+    split = "test" if any("test/kl" in j.metrics for j in done) else "val"
+    figures = {}
+    points = [j for j in done if f"{split}/kl" in j.metrics and f"{split}/recon" in j.metrics]
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        ax.scatter([j.metrics[f"{split}/kl"] for j in points], [j.metrics[f"{split}/recon"] for j in points])
+        for j in points:
+            label = f"beta={j.beta:g}" if j.beta is not None else f"job {j.name}"
+            ax.annotate(label, (j.metrics[f"{split}/kl"], j.metrics[f"{split}/recon"]), fontsize=8,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(f"rate: {split}/kl (nats)")
+        ax.set_ylabel(f"distortion: {split}/recon (nats)")
+        ax.set_title("rate-distortion across the sweep")
+        figures["rate_distortion"] = fig
+    for param in swept_parameters(jobs):
+        have = [j for j in done if metric in j.metrics and param in j.overrides]
+        if not have:
+            continue
+        values = [j.overrides[param] for j in have]
+        try:
+            xs = [float(v) for v in values]
+        except ValueError:
+            categories = sorted(set(values))
+            xs = [categories.index(v) for v in values]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.scatter(xs, [j.metrics[metric] for j in have])
+        if not all(isinstance(x, float) for x in xs):
+            ax.set_xticks(range(len(categories)), categories)
+        ax.set_xlabel(param)
+        ax.set_ylabel(metric)
+        figures[f"{metric.replace('/', '_')}_vs_{param.replace('/', '_')}"] = fig
+    written = []
+    (sweep / "plots").mkdir(exist_ok=True)
+    with SummaryWriter(str(sweep / "tensorboard")) as writer:
+        for name, fig in figures.items():
+            with atomic_file(sweep / "plots" / f"{name}.png") as f:
+                fig.savefig(f, format="png", dpi=100)
+            writer.add_figure(f"sweep/{name}", fig)
+            written.append(sweep / "plots" / f"{name}.png")
+            plt.close(fig)
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="vaelab-summarize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", type=Path, help="a multirun folder, e.g. outputs/train/multirun/<time>")
+    parser.add_argument("--metric", default="test/nelbo", help="metric to sort by and plot (default test/nelbo)")
+    parser.add_argument("--descending", action="store_true", help="sort from the largest value")
+    args = parser.parse_args(argv)
+    if not args.sweep.is_dir():
+        print(f"vaelab-summarize: error: {args.sweep} is not a folder: pass a sweep folder "
+              "(outputs/train/multirun/<time>)", file=sys.stderr)
+        return 2
+    jobs = read_jobs(args.sweep)
+    if not jobs:
+        print(f"vaelab-summarize: error: {args.sweep} holds no job folders (subfolders with .hydra/)", file=sys.stderr)
+        return 2
+    known = {k for job in jobs for k in job.metrics}
+    if args.metric not in known and any(j.status == "done" for j in jobs):
+        print(f"vaelab-summarize: error: no job logged {args.metric}; choose --metric from: {', '.join(sorted(known))}",
+              file=sys.stderr)
+        return 2
+    csv_path, md_path = write_tables(args.sweep, jobs, args.metric, args.descending)
+    plots = make_plots(args.sweep, jobs, args.metric)
+    print(md_path.read_text())
+    print(f"wrote {csv_path}, {md_path} and {len(plots)} plots in {args.sweep / 'plots'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
