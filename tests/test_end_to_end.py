@@ -197,3 +197,35 @@ def test_holdout_class_anomaly_detection(tmp_path):
     assert scores["anomaly/outliers"] == 1135  # the ones of the MNIST test set
     assert scores["anomaly/inliers"] == 10000 - 1135
     assert 0 <= scores["anomaly/auroc_nelbo"] <= 1
+
+
+def test_ddp_sim_evaluation_reduces_metrics_over_all_test_images_exactly(tmp_path):
+    """Each process scores its shard; the sums and counts added across processes give the same
+    dataset means as one process (the KL does not depend on the sampled z, so it must match)."""
+    train(compose_config(tmp_path, [*FAST, "trainer.max_epochs=1"]))
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    scores = {}
+    for trainer in ("cpu", "ddp_sim"):
+        (tmp_path / trainer).mkdir()
+        result = run_cli("vaelab.eval", [f"ckpt_path={best}", f"data.root={DATA_ROOT}", "eval.iw_samples=0",
+                                         f"trainer={trainer}", "trainer.enable_progress_bar=false"], tmp_path / trainer)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (eval_run,) = run_folders(tmp_path / trainer, "eval")
+        scores[trainer] = json.loads((eval_run / "metrics.json").read_text())
+    single, ddp = scores["cpu"], scores["ddp_sim"]
+    assert ddp["test/kl"] == pytest.approx(single["test/kl"], rel=1e-5)
+    assert ddp["test/kl_per_dim"] == pytest.approx(single["test/kl_per_dim"], rel=1e-5)
+    assert ddp["test/active_units"] == single["test/active_units"]
+    assert ddp["test/nelbo"] == pytest.approx(single["test/nelbo"], abs=0.5)  # one z sample per image: MC noise
+
+
+def test_checkpoints_are_replaced_atomically(tmp_path):
+    from vaelab.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
+    with pytest.raises(Exception):  # a save that fails half-way (an object that cannot be pickled)
+        io.save_checkpoint({"step": 2, "bad": lambda: None}, path)
+    assert io.load_checkpoint(path)["step"] == 1  # the previous checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no temporary file is left

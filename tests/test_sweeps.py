@@ -6,6 +6,7 @@ import os
 
 import pytest
 from conftest import DATA_ROOT, read_metrics, run_cli, run_folders
+from omegaconf import OmegaConf
 
 from vaelab.summarize import main as summarize
 
@@ -96,3 +97,22 @@ def test_the_slurm_launcher_config_composes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
     assert "gpus_per_node: 4" in result.stdout
+
+
+def test_an_optuna_search_runs_two_trials_and_returns_the_metric(tmp_path):
+    result = run_cli("vaelab.train", ["hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                                      "hydra.sweeper.sampler.n_startup_trials=2", *FAST], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = sweep_folder(tmp_path)
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    values = [read_metrics(sweep / job)["val/nelbo"] for job in ("0", "1")]
+    assert best.best_value == pytest.approx(min(values))
+    assert set(best.best_params) == {"objective.beta", "model.latent_dim", "optimizer.lr"}
+
+
+def test_an_optuna_search_for_a_metric_that_does_not_exist_stops_clearly(tmp_path):
+    result = run_cli("vaelab.train", ["hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                                      "optimized_metric=val/nope", *FAST], tmp_path)
+    assert result.returncode == 2
+    assert "vaelab: error: optimized_metric=val/nope was not logged; choose one of:" in result.stderr
+    assert "val/nelbo" in result.stderr

@@ -86,6 +86,8 @@ def evaluate(cfg: DictConfig) -> dict:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     metrics = {k: float(v) for k, v in trainer.test(model, datamodule=datamodule)[0].items()}
     metrics["test/kl_per_dim"] = model.kl_per_dim["test"].tolist()
+    if trainer.global_rank != 0:  # under DDP the metrics are already reduced; rank 0 writes the files
+        return metrics
 
     out = Path(cfg.paths.output_dir)
     model.eval()

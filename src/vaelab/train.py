@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Sequence
 
 import hydra
@@ -43,9 +45,23 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     return metrics
 
 
+def optimized_value(metrics: dict | None, name: str | None) -> float | None:
+    """The value a sweeper (Optuna) optimizes: NaN for a failed job (a failed trial), and a clear
+    error, stopping the search, when the metric does not exist."""
+    if name is None:
+        return None
+    if metrics is None:
+        return math.nan
+    if name not in metrics:
+        print(f"vaelab: error: optimized_metric={name} was not logged; choose one of: "
+              f"{', '.join(sorted(metrics))}", file=sys.stderr)
+        raise SystemExit(2)
+    return metrics[name]
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    task_wrapper(train)(cfg)
+def main(cfg: DictConfig) -> float | None:
+    return optimized_value(task_wrapper(train)(cfg), cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":
