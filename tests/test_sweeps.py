@@ -116,3 +116,15 @@ def test_an_optuna_search_for_a_metric_that_does_not_exist_stops_clearly(tmp_pat
     assert result.returncode == 2
     assert "vaelab: error: optimized_metric=val/nope was not logged; choose one of:" in result.stderr
     assert "val/nelbo" in result.stderr
+
+
+def test_rerun_comparison_and_version_warnings():
+    from vaelab.rerun import compare, version_warnings
+
+    old = {"test/nelbo": 100.0, "seed": 1, "wall_time_s": 5.0, "val/kl": 3.0}
+    assert compare(old, {**old, "wall_time_s": 9.0}) == []  # wall time may differ
+    lines = compare(old, {**old, "test/nelbo": 100.5, "val/kl": 3.0, "extra/metric": 1.0})
+    assert lines == ["extra/metric: <missing> -> 1.0", "test/nelbo: 100.0 -> 100.5 (difference +0.5)"]
+    warnings = version_warnings({"vaelab_version": "0.0.1", "git_commit": "0" * 40, "git_dirty": False})
+    assert any("vaelab version differs: recorded 0.0.1" in w for w in warnings)
+    assert any(f"recorded commit {'0' * 40}" in w for w in warnings)
