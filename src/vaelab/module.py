@@ -99,14 +99,16 @@ class VAEModule(L.LightningModule):
         """E[x|z] as an image in [0, 1]."""
         return self.likelihood.mean(self.decoder_params(z))
 
+    def _log_px_given(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z_s) [S, B] for latents z [S, B, D]."""
+        s, b = z.shape[:2]
+        x_rep = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
+        return -self.likelihood.nll(self.decoder_params(z.reshape(s * b, -1)), x_rep).view(s, b)
+
     def _eager_log_px(self, x: torch.Tensor, eps: torch.Tensor):
         """(mu, logvar, log p(x|z_s) [S, B]) for z_s = mu + sigma * eps_s, eps [S, B, D]."""
         q = self.posterior(x)
-        z = q.sample_from_noise(eps)
-        s, b = eps.shape[:2]
-        x_rep = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
-        log_px = -self.likelihood.nll(self.decoder_params(z.reshape(s * b, -1)), x_rep).view(s, b)
-        return q.mu, q.logvar, log_px
+        return q.mu, q.logvar, self._log_px_given(q.sample_from_noise(eps), x)
 
     def sample_terms(self, x: torch.Tensor, samples: int):
         """Draw ``samples`` z per image: (q, z [S, B, D], log p(x|z) [S, B])."""
@@ -129,9 +131,8 @@ class VAEModule(L.LightningModule):
         total = torch.full((len(x),), -math.inf, device=x.device, dtype=self.dtype)
         for start in range(0, k, chunk):
             s = min(chunk, k - start)
-            eps = torch.randn(s, len(x), self.latent_dim, device=x.device, dtype=self.dtype)
-            _, _, log_px = self._eager_log_px(x, eps)
-            log_w = log_importance_weights(q, q.sample_from_noise(eps), log_px)
+            z = q.sample_from_noise(torch.randn(s, len(x), self.latent_dim, device=x.device, dtype=self.dtype))
+            log_w = log_importance_weights(q, z, self._log_px_given(z, x))
             total = torch.logaddexp(total, torch.logsumexp(log_w, 0))
         return total - math.log(k)
 
