@@ -46,22 +46,21 @@ class FinalMetrics(L.Callback):
         self.start = time.time()
         self.metrics: dict = {}
 
-    def _collect(self, trainer: L.Trainer) -> None:
+    def _collect(self, trainer: L.Trainer, pl_module) -> None:
         self.metrics.update(epoch_metrics(trainer))
+        self.metrics.update({f"{stage}/kl_per_dim": kl.tolist() for stage, kl in pl_module.kl_per_dim.items()})
         self.metrics.update(
             seed=self.seed, epochs=trainer.current_epoch, global_step=trainer.global_step,
             wall_time_s=time.time() - self.start, config_path=self.config_path,
         )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
-        self._collect(trainer)
-        self.metrics.update({f"{stage}/kl_per_dim": kl.tolist() for stage, kl in pl_module.kl_per_dim.items()})
+        self._collect(trainer, pl_module)
         if trainer.is_global_zero:
             write_json_atomic(self.path, self.metrics)
 
     def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
-        self._collect(trainer)
-        self.metrics["test/kl_per_dim"] = pl_module.kl_per_dim["test"].tolist()
+        self._collect(trainer, pl_module)
         self.metrics["test_ckpt_path"] = trainer.ckpt_path
         if not trainer.is_global_zero:
             return
