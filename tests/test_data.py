@@ -181,3 +181,33 @@ def test_device_batches_shard_across_processes():
     # training: padded to equal shards, so every process takes the same number of steps
     assert [shard(r, True) for r in range(3)] == [[0, 3, 6, 9], [1, 4, 7, 0], [2, 5, 8, 1]]
     assert [len(DeviceBatches(images, labels, 2, False, rank=r, world_size=3, even_shards=True)) for r in range(3)] == [2, 2, 2]
+
+
+def test_device_batches_resume_mid_epoch_with_the_same_order_and_binarization():
+    images = torch.randint(0, 256, (50, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.arange(50)
+    done = {"batches": 0}
+    def loader():
+        return DeviceBatches(images, labels, batch_size=8, shuffle=True, seed=3, binarize=True,
+                             current_epoch=lambda: 1, batches_done=lambda: done["batches"])
+    uninterrupted = list(loader())
+    assert len(uninterrupted) == 7
+    # the same draws again: binarization does not depend on the global random state
+    torch.manual_seed(123)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(uninterrupted, loader(), strict=True))
+
+    first = loader()
+    done["batches"] = 3  # the trainer has finished three batches when the checkpoint is written
+    state = first.state_dict()
+    assert state == {"epoch": 1, "batches_done": 3}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == 4
+    for (x, y), (x_ref, y_ref) in zip(rest, uninterrupted[3:], strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    assert len(list(resumed)) == 7  # the position applies to one pass only
+
+    other_epoch = loader()
+    other_epoch.load_state_dict({"epoch": 0, "batches_done": 3})  # saved in an epoch that has ended
+    assert len(list(other_epoch)) == 7

@@ -46,11 +46,33 @@ def test_resume_from_last_checkpoint_continues_training(tmp_path):
     first = compose_config(tmp_path / "first", [*FAST, "trainer.max_epochs=1"])
     train(first)
     last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["epoch"] == 0
+    assert torch.load(last, weights_only=False)["global_step"] == 5
     resumed = compose_config(tmp_path / "resumed", [*FAST, "trainer.max_epochs=3", f"ckpt_path={last}"])
     train(resumed)
     metrics = read_metrics(tmp_path / "resumed" / "run")
     assert metrics["epochs"] == 3 and metrics["global_step"] == 3 * 5  # 5 batches per epoch, counting on from 5
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
+    """SIGKILL in the middle of the second epoch, resume from last.ckpt (written every 2 steps): the
+    data position, the epoch's running sums and the random state come back, so every metric equals
+    the uninterrupted run's (CPU, deterministic, dynamic binarization drawing fresh pixels)."""
+    args = [*FAST, "trainer.limit_train_batches=6", "trainer.deterministic=true", "trainer.accelerator=cpu",
+            "data.binarize=dynamic", "callbacks.step_checkpoint.every_n_train_steps=2"]
+    def cli(name, *extra):
+        return run_cli("vaelab.train", [*args, f"hydra.run.dir={tmp_path / name}", *extra], tmp_path,
+                       PYTHONPATH=str(REPO / "tests"))
+    assert cli("full").returncode == 0
+    killed = cli("killed", "+callbacks.kill._target_=kill_at_step.KillAtStep", "+callbacks.kill.step=9")
+    assert killed.returncode == -9 and not (tmp_path / "killed" / "metrics.json").exists()
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 8)  # 2 of the 6 batches of epoch 1 done
+    resumed = cli("resumed", f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    full, again = (read_metrics(tmp_path / name) for name in ("full", "resumed"))
+    assert {k: v for k, v in again.items() if k not in VOLATILE} == {k: v for k, v in full.items() if k not in VOLATILE}
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 def test_cli_run_tensorboard_checkpoint_and_eval(tmp_path):

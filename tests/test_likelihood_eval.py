@@ -205,6 +205,7 @@ def test_static_and_dynamic_binarization():
     from conftest import DATA_ROOT, MIRROR
 
     from vaelab.data.datamodule import ImageDataModule
+    from vaelab.data.device_loader import DeviceBatches
 
     def datamodule(binarize):
         dm = ImageDataModule(name="mnist", shape=[1, 28, 28], root=str(DATA_ROOT), mirror=MIRROR, download=False,
@@ -214,8 +215,14 @@ def test_static_and_dynamic_binarization():
 
     static, dynamic = datamodule("static"), datamodule("dynamic")
     assert set(static.train_set.images.unique().tolist()) == {0, 255}
-    (x1, _), (x2, _) = next(iter(dynamic.train_dataloader())), next(iter(dynamic.train_dataloader()))
-    assert set(x1.unique().tolist()) == {0.0, 1.0} and not torch.equal(x1, x2)  # fresh draws every time
+    def first_batch(epoch):
+        images, labels = dynamic.train_set.images, dynamic.train_set.labels
+        return next(iter(DeviceBatches(images, labels, 500, shuffle=False, binarize=True, current_epoch=lambda: epoch)))[0]
+    x1 = first_batch(0)
+    # fresh draws for each epoch, the same ones for the same epoch and batch (which a mid-epoch resume needs)
+    assert set(x1.unique().tolist()) == {0.0, 1.0} and not torch.equal(x1, first_batch(1))
+    assert torch.equal(x1, first_batch(0))
+    assert torch.equal(next(iter(dynamic.train_dataloader()))[0], next(iter(dynamic.train_dataloader()))[0])
     # the evaluation images are drawn once, identically in every run
     assert torch.equal(dynamic.test_set.images, datamodule("dynamic").test_set.images)
     assert torch.equal(dynamic.test_set.images, static.test_set.images)

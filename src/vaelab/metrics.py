@@ -30,11 +30,19 @@ class TermMeans(nn.Module):
         for name, value in values.items():
             self.means[name].update(value.detach(), batch_size)
 
+    def persistent(self, mode: bool) -> None:
+        """Whether the running sums are part of the state dict (and so of checkpoints)."""
+        for mean in self.means.values():
+            mean.persistent(mode)
+
+    def reset(self) -> None:
+        for mean in self.means.values():
+            mean.reset()
+
     def compute_and_reset(self, prefix: str) -> dict[str, torch.Tensor]:
         """{prefix/name: epoch mean}; every process must call this (it is a collective under DDP)."""
         out = {f"{prefix}/{name}": mean.compute() for name, mean in self.means.items() if mean.update_count}
-        for mean in self.means.values():
-            mean.reset()
+        self.reset()
         return out
 
 

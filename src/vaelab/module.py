@@ -69,6 +69,8 @@ class VAEModule(L.LightningModule):
         self.epoch_means = nn.ModuleDict(
             {"fit": TermMeans(TRAIN_TERMS), "val": TermMeans(EVAL_TERMS), "test": TermMeans(EVAL_TERMS)}
         )
+        self.epoch_means["fit"].persistent(True)  # a mid-epoch checkpoint carries the epoch's sums so far
+        self._rng_to_restore: dict | None = None
         self.posteriors = nn.ModuleDict({s: CatMetric(nan_strategy="disable") for s in ("val", "test")})
         self.kl_per_dim: dict[str, torch.Tensor] = {}  # latest per stage, for pictures and metrics.json
         self.register_buffer("first_nonfinite", torch.tensor([-1, -1]), persistent=False)  # (step, term)
@@ -137,13 +139,34 @@ class VAEModule(L.LightningModule):
         return total - math.log(k)
 
     # --- training ----------------------------------------------------------------------
-    def on_train_start(self) -> None:
-        self.device_step.fill_(self.global_step)
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the random state, so that a run resumed from the middle of an epoch draws the same
+        noise as the uninterrupted one."""
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state(self.device)
 
-    def on_fit_start(self) -> None:
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        """Resuming: the random state is put back here, just before the first training step.
+
+        (The objective learns the run's length here rather than in on_fit_start, where asking for
+        it would set up the training batches before the checkpoint's data position is loaded.)"""
         self.objective.kl_schedule.setup(int(self.trainer.estimated_stepping_batches))
         if hasattr(self.objective, "dataset_size") and self.objective.dataset_size is None:
             self.objective.dataset_size = len(self.trainer.datamodule.train_set)
+        self.device_step.fill_(self.global_step)
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["torch"])
+            if "cuda" in self._rng_to_restore and self.device.type == "cuda":
+                torch.cuda.set_rng_state(self._rng_to_restore["cuda"], self.device)
+            self._rng_to_restore = None
+
+    def on_train_epoch_start(self) -> None:
+        """(Lightning skips this hook when resuming in the middle of an epoch, which keeps that epoch's sums.)"""
+        self.epoch_means["fit"].reset()
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
@@ -167,7 +190,8 @@ class VAEModule(L.LightningModule):
     def _check_finite(self) -> None:
         step, term = self.first_nonfinite.tolist()
         if step >= 0:
-            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+            saved = [c.last_model_path for c in self.trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")]
+            last = saved[0] if saved else "none saved yet"
             raise NonFiniteLossError(
                 f"train/{('recon', 'kl')[term]} became NaN or infinite at step {step}; training stopped "
                 f"(last good checkpoint: {last}). Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, "

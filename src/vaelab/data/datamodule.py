@@ -170,7 +170,7 @@ class ImageDataModule(L.LightningDataModule):
                 data.images, data.labels, self.per_device_batch_size(batch_size), shuffle=shuffle, seed=self.seed,
                 rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
                 even_shards=split == "train", current_epoch=lambda: trainer.current_epoch if trainer else 0,
-                binarize=dataset.binarize,
+                binarize=dataset.binarize, batches_done=lambda: self._batches_done(split),
             )
         if self.num_workers > 0 and multiprocessing.current_process().daemon:
             raise ConfigError(
@@ -182,6 +182,12 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=_already_batched,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _batches_done(self, split: str) -> int:
+        """Training batches finished in the current epoch (what a checkpoint written now has seen)."""
+        if split != "train" or self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self):
         return self._loader("train", self.train_set, self.batch_size, shuffle=True)
