@@ -23,9 +23,12 @@ def options(group: str) -> list[str]:
 
 def test_the_config_groups_offer_what_the_readme_promises():
     assert options("data") == ["cifar10", "fashion_mnist", "mnist"]
-    assert options("model") == ["conv", "mlp", "resnet"]
+    assert options("model") == ["conv", "hierarchical", "mlp", "resnet"]
+    assert options("posterior") == ["gaussian", "iaf", "planar"]
+    assert options("prior") == ["mog", "normal", "vamp"]
+    assert options("sampler") == ["gmm", "prior"]
     assert options("likelihood") == ["bernoulli", "discretized_logistic", "gaussian", "gaussian_learned"]
-    assert options("objective") == ["beta_tc", "elbo", "iwae"]
+    assert options("objective") == ["beta_tc", "elbo", "iwae", "m2"]
     assert options("kl_schedule") == ["capacity", "constant", "cyclical", "free_bits", "linear_warmup"]
     assert set(options("trainer")) >= {"default", "cpu", "gpu", "ddp", "ddp_sim"}
     assert options("logger") == ["csv", "none", "tensorboard"]
@@ -60,7 +63,8 @@ def test_every_data_model_likelihood_combination_trains(tmp_path, data, model, l
 @pytest.mark.parametrize("objective", options("objective"))
 @pytest.mark.parametrize("schedule", options("kl_schedule"))
 def test_every_objective_and_kl_schedule_trains_or_refuses_clearly(tmp_path, objective, schedule):
-    cfg = compose_config(tmp_path, [f"objective={objective}", f"kl_schedule={schedule}", "debug=fast_dev_run",
+    model = ["experiment=mnist_m2_100", "trainer.max_time=null"] if objective == "m2" else []  # M2's model
+    cfg = compose_config(tmp_path, [*model, f"objective={objective}", f"kl_schedule={schedule}", "debug=fast_dev_run",
                                     "data.batch_size=16", "data.eval_batch_size=64", "eval.iw_samples=4"])
     if objective != "elbo" and schedule != "constant":
         with pytest.raises(ConfigError, match=f"objective={objective} takes no KL schedule"):

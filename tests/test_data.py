@@ -211,3 +211,156 @@ def test_device_batches_resume_mid_epoch_with_the_same_order_and_binarization():
     other_epoch = loader()
     other_epoch.load_state_dict({"epoch": 0, "batches_done": 3})  # saved in an epoch that has ended
     assert len(list(other_epoch)) == 7
+
+
+# Few labels for semi-supervised learning (data.labels_per_class): the labelled subset and the batches.
+
+def _labelled_rows(dm: ImageDataModule, x: torch.Tensor) -> torch.Tensor:
+    """For each image of x, its position in dm.labelled_indices (each must match exactly one labelled image)."""
+    subset = dm.train_set.images[dm.labelled_indices].float().div(255).flatten(1)
+    same = (x.flatten(1)[:, None, :] == subset[None]).all(-1)
+    assert same.sum(1).tolist() == [1] * len(x), "an image of the labelled part is not one of the labelled subset"
+    return same.int().argmax(1)
+
+
+def test_labels_per_class_keeps_a_balanced_subset_chosen_by_its_seed():
+    dm = _datamodule(labels_per_class=10)
+    dm.setup("fit")
+    idx = dm.labelled_indices
+    assert dm.num_labelled == 100 and len(idx.unique()) == 100 and 0 <= idx.min() and idx.max() < 55000
+    assert torch.bincount(dm.train_set.labels[idx], minlength=10).tolist() == [10] * 10
+    again, other = _datamodule(labels_per_class=10), _datamodule(labels_per_class=10, labels_seed=1)
+    again.setup("fit")
+    other.setup("fit")
+    assert torch.equal(again.labelled_indices, idx)
+    assert len(set(other.labelled_indices.tolist()) & set(idx.tolist())) < 10  # ~0.2 shared by chance
+    everything = _datamodule()
+    everything.setup("fit")
+    assert everything.num_labelled == 55000 and not everything.semi_supervised
+    held_out = _datamodule(labels_per_class=10, exclude_classes=[5])
+    held_out.setup("fit")
+    counts = torch.bincount(held_out.train_set.labels[held_out.labelled_indices], minlength=10).tolist()
+    assert counts == [10, 10, 10, 10, 10, 0, 10, 10, 10, 10] and held_out.num_labelled == 90
+
+
+def test_semi_supervised_batches_append_a_labelled_part_that_covers_the_subset_pass_by_pass():
+    dm, plain = _datamodule(labels_per_class=10, labelled_batch_size=30, batch_size=64), _datamodule(batch_size=64)
+    dm.setup("fit")
+    plain.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader, DeviceBatches) and len(loader) == len(plain.train_dataloader()) == 860
+    seen = []
+    for (x, y), (x_plain, _) in zip(loader, plain.train_dataloader()):
+        assert x.shape == (94, 1, 28, 28) and y.shape == (94,)
+        assert (y[:64] == -1).all()
+        assert torch.equal(x[:64], x_plain)  # the unlabelled part is the usual batch of the whole training set
+        rows = _labelled_rows(dm, x[64:])
+        assert torch.equal(y[64:], dm.train_set.labels[dm.labelled_indices[rows]])
+        seen += rows.tolist()
+        if len(seen) >= 120:  # 4 batches of 30: one pass over the 100 labelled images, then a new pass
+            break
+    assert sorted(seen[:100]) == list(range(100))  # no repeat before the whole subset was seen
+    assert len(set(seen[100:])) == 20  # the start of the next pass: no repeat inside it either
+    rerun = _datamodule(labels_per_class=10, labelled_batch_size=30, batch_size=64)
+    rerun.setup("fit")
+    x_again, y_again = next(iter(rerun.train_dataloader()))
+    x_first, y_first = next(iter(dm.train_dataloader()))
+    assert torch.equal(x_again, x_first) and torch.equal(y_again, y_first)
+
+
+def test_device_batches_labelled_part_by_epoch_rank_and_pass():
+    images, labels = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1), torch.arange(40) % 4
+    subset = torch.tensor([3, 8, 15, 16, 22, 29, 37])
+    def labelled_part(epoch=0, rank=0, world_size=1):
+        batches = DeviceBatches(images, labels, batch_size=4, shuffle=True, seed=2, current_epoch=lambda: epoch,
+                                rank=rank, world_size=world_size, even_shards=True, labelled=subset,
+                                labelled_batch_size=3)
+        return torch.cat([(x[4:].flatten() * 255).long() for x, _ in batches])
+    stream = labelled_part()
+    assert len(stream) == 10 * 3  # 10 batches of 4 unlabelled images, each with 3 labelled ones
+    for start in (0, 7, 14, 21):  # passes of 7: each a permutation of the subset, drawn afresh
+        assert sorted(stream[start : start + 7].tolist()) == subset.tolist()
+    assert not torch.equal(stream[:7], stream[7:14])
+    assert torch.equal(stream, labelled_part())
+    assert not torch.equal(stream, labelled_part(epoch=1))
+    assert not torch.equal(labelled_part(rank=0, world_size=2), labelled_part(rank=1, world_size=2))
+    _, y = next(iter(DeviceBatches(images, labels, 4, False, labelled=subset, labelled_batch_size=3)))
+    assert y[:4].tolist() == [-1] * 4 and y[4:].tolist() == (labels[stream[:3]]).tolist()
+
+
+def test_semi_supervised_batches_resume_mid_epoch_with_the_same_labelled_parts():
+    progress = SimpleNamespace(current=SimpleNamespace(processed=0))
+    trainer = SimpleNamespace(world_size=1, global_rank=0, current_epoch=2,
+                              fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+    dm = _datamodule(labels_per_class=10, labelled_batch_size=30, batch_size=1000, binarize="dynamic")
+    dm.setup("fit")
+    dm.trainer = trainer
+    uninterrupted = list(dm.train_dataloader())
+    assert len(uninterrupted) == 55 and uninterrupted[0][0].shape == (1030, 1, 28, 28)
+    progress.current.processed = 17  # mid-epoch, and mid-pass over the labelled subset (17 * 30 = 510)
+    state = dm.train_dataloader().state_dict()
+    assert state == {"epoch": 2, "batches_done": 17}
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == 55 - 17
+    for (x, y), (x_ref, y_ref) in zip(rest, uninterrupted[17:], strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)  # labelled part and its binarization included
+    assert (rest[0][1][1000:] >= 0).all()
+
+
+def test_validation_and_test_labels_are_untouched_by_labels_per_class():
+    dm, plain = _datamodule(labels_per_class=10, eval_batch_size=1000), _datamodule(eval_batch_size=1000)
+    dm.setup("fit")
+    plain.setup("fit")
+    assert torch.equal(dm.val_set.labels, plain.val_set.labels) and torch.equal(dm.test_set.labels, plain.test_set.labels)
+    assert torch.equal(dm.train_set.labels, plain.train_set.labels)  # hidden in the batches, not in the data
+    for split in ("val_dataloader", "test_dataloader"):
+        for (x, y), (x_ref, y_ref) in zip(getattr(dm, split)(), getattr(plain, split)(), strict=True):
+            assert x.shape == (1000, 1, 28, 28) and (y >= 0).all() and torch.equal(y, y_ref) and torch.equal(x, x_ref)
+    x, y = dm.examples(8, "val")
+    x_ref, y_ref = plain.examples(8, "val")
+    assert x.shape == (8, 1, 28, 28) and torch.equal(x, x_ref) and torch.equal(y, y_ref)
+
+
+def test_without_labels_per_class_the_training_batches_are_unchanged():
+    dm = _datamodule(on_device=True)
+    dm.setup("fit")
+    assert dm.labels_per_class is None and dm.num_classes == 10
+    x, y = next(iter(dm.train_dataloader()))
+    # the first training batch of seed 0, as before labels_per_class existed
+    assert x.shape == (128, 1, 28, 28) and y[:10].tolist() == [9, 3, 4, 4, 4, 9, 5, 5, 4, 0]
+    assert x.double().sum().item() == pytest.approx(12969.964821, abs=1e-3)
+
+
+def test_labels_per_class_config_errors():
+    with pytest.raises(ConfigError, match=r"^data.labels_per_class must be >= 1 \(or null to use every training label\), got 0$"):
+        _datamodule(labels_per_class=0)
+    with pytest.raises(ConfigError, match=r"^data.labelled_batch_size must be >= 1, got 0$"):
+        _datamodule(labels_per_class=10, labelled_batch_size=0)
+    too_many = _datamodule(labels_per_class=4954)  # the training split has 4953 fives, the fewest of any digit
+    with pytest.raises(ConfigError, match=r"^data.labels_per_class=4954 is more than the 4953 training images of class 5: use at most 4953$"):
+        too_many.setup("fit")
+    without_fives = _datamodule(labels_per_class=4954, exclude_classes=[5])  # then the fewest are 5335 fours
+    without_fives.setup("fit")
+    assert without_fives.num_labelled == 9 * 4954
+    dataloader = _datamodule(labels_per_class=10, on_device=False)
+    dataloader.setup("fit")
+    with pytest.raises(ConfigError, match=r"^data.labels_per_class needs the on-device batches: use data.on_device=true or auto"):
+        dataloader.train_dataloader()
+    assert next(iter(dataloader.test_dataloader()))[1][0].item() == 7  # evaluation needs no labelled part
+    with pytest.raises(ConfigError, match=r"^data.num_classes=5 but mnist has label 9: use data.num_classes=10$"):
+        _datamodule(num_classes=5).setup("fit")
+
+
+def test_data_config_has_the_semi_supervised_keys(tmp_path):
+    from conftest import compose_config
+
+    from vaelab.errors import instantiate
+
+    cfg = compose_config(tmp_path)
+    assert cfg.data.num_classes == 10 and cfg.data.labels_per_class is None and cfg.data.labelled_batch_size == 100
+    dm = instantiate(compose_config(tmp_path, ["data.labels_per_class=10", "data.labels_seed=4"]).data)
+    assert dm.labels_per_class == 10 and dm.labels_seed == 4 and dm.semi_supervised
+    with pytest.raises(ConfigError, match="data.labels_per_class must be >= 1"):
+        instantiate(compose_config(tmp_path, ["data.labels_per_class=-1"]).data)

@@ -108,7 +108,7 @@ def test_cli_run_tensorboard_checkpoint_and_eval(tmp_path):
     assert {"test/active_units", "test/mi"} <= set(scores) and len(scores["test/kl_per_dim"]) == 20
     assert 0.5 < scores["anomaly/auroc_nelbo"] <= 1 and 0.5 < scores["anomaly/auroc_nll_iw"] <= 1
     assert scores["anomaly/inliers"] == scores["anomaly/outliers"] == 10000
-    for picture in ("samples.png", "reconstructions.png", "anomaly_nelbo.png", "anomaly_nll_iw.png"):
+    for picture in ("samples_prior.png", "reconstructions.png", "anomaly_nelbo.png", "anomaly_nll_iw.png"):
         assert (eval_run / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     histograms = EventAccumulator(str(eval_run / "tensorboard"), size_guidance={"histograms": 0})
     histograms.Reload()

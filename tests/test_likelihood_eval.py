@@ -9,6 +9,7 @@ from torch.distributions import MultivariateNormal
 
 from vaelab.anomaly import auroc
 from vaelab.errors import ConfigError
+from vaelab.latents import LatentSample
 from vaelab.likelihoods import DiscretizedLogistic
 from vaelab.metrics import active_units, bits_per_dim, kl_per_dimension, mutual_information
 from vaelab.module import VAEModule
@@ -20,15 +21,17 @@ from vaelab.schedules import Capacity, Cyclical, FreeBits, LinearWarmup
 SIGMA = 0.5
 
 
-def linear_gaussian_vae():
+def linear_gaussian_vae(posterior=None, prior=None):
     """x = W z + b + sigma * noise, z ~ N(0, I): a VAE with a linear decoder and an encoder giving the
     exact posterior mean and twice the diagonal of the exact posterior covariance (so q is close
-    to, but not, the posterior)."""
+    to, but not, the posterior). ``posterior``/``prior``: other families' configs (then the
+    exact marginal is the caller's to compute)."""
     torch.manual_seed(0)
     config = tiny_config(likelihood={"_target_": "vaelab.likelihoods.Gaussian", "scale": SIGMA},
                          shape=(1, 2, 2), latent_dim=2)
     config["model"]["encoder"]["hidden"] = []
     config["model"]["decoder"]["hidden"] = []
+    config["posterior"], config["prior"] = posterior, prior
     model = VAEModule(config).double()
     w, b = torch.tensor([[1.0, 0.5], [-0.3, 0.8], [0.6, -0.7], [0.2, 0.4]], dtype=torch.double), \
         torch.tensor([0.1, -0.2, 0.3, 0.0], dtype=torch.double)
@@ -39,9 +42,9 @@ def linear_gaussian_vae():
         (DiagonalGaussian.LOGVAR_MAX + DiagonalGaussian.LOGVAR_MIN) / 2
     raw = centre + half * torch.atanh((logvar - centre) / half)
     with torch.no_grad():
-        enc, dec = model.encoder.net[-1], model.decoder.net[0]
-        enc.weight.copy_(torch.cat([gain, torch.zeros(2, 4, dtype=torch.double)]))
-        enc.bias.copy_(torch.cat([-gain @ b, raw]))
+        enc, dec = model.encoder.head, model.decoder.net[0]
+        enc.weight[:4].copy_(torch.cat([gain, torch.zeros(2, 4, dtype=torch.double)]))
+        enc.bias[:4].copy_(torch.cat([-gain @ b, raw]))
         dec.weight.copy_(w)
         dec.bias.copy_(b)
     exact = MultivariateNormal(b, w @ w.T + SIGMA**2 * torch.eye(4, dtype=torch.double))
@@ -59,8 +62,8 @@ def test_iwae_converges_to_the_exact_log_likelihood_of_a_linear_gaussian_vae():
     assert abs((iwae - log_px).mean().item()) < 0.005
     elbo = model.iwae_log_likelihood(images, 1, chunk=1)
     with torch.no_grad():
-        q, z, lp = model.sample_terms(images, 20000)
-        elbo = log_importance_weights(q, z, lp).mean(0)
+        sample, lp = model.sample_terms(images, 20000)
+        elbo = log_importance_weights(sample, lp).mean(0)
     assert (elbo < log_px - 0.01).all(), "the ELBO must lie below log p(x) (q is diagonal, the posterior is not)"
 
 
@@ -69,8 +72,9 @@ def test_iwae_bound_grows_with_k_and_equals_the_elbo_at_k_one():
     torch.manual_seed(2)
     images = exact.sample((200,)).view(200, 1, 2, 2)
     with torch.no_grad():
-        q, z, lp = model.sample_terms(images, 4000)
-        log_w = log_importance_weights(q, z, lp)  # [4000, 200]
+        sample, lp = model.sample_terms(images, 4000)
+        log_w = log_importance_weights(sample, lp)  # [4000, 200]
+    q = sample.base
     bounds = []
     for k in (1, 2, 5, 20, 100):
         groups = log_w[: (4000 // k) * k].view(-1, k, 200)
@@ -94,15 +98,15 @@ def test_iwae_gradient_uses_detached_normalized_weights():
     objective = IWAE(k=6)
 
     def bound():
-        mu, logvar, log_px = model._eager_log_px(x, eps)
-        q = DiagonalGaussian(mu, logvar)
-        return q, q.sample_from_noise(eps), log_px
+        sample = model.latent_sample(model.encode(x), eps)
+        return sample, model._log_px_given(sample.z, x)
 
     loss = objective(*bound()).loss
     params = list(model.parameters())
     grads = torch.autograd.grad(loss, params)
-    q, z, log_px = bound()
-    direct = -(torch.logsumexp(log_importance_weights(q, z, log_px), 0) - math.log(6)).mean()
+    sample, log_px = bound()
+    q, z = sample.base, sample.z
+    direct = -(torch.logsumexp(log_px + standard_normal_log_prob(z) - q.log_prob(z), 0) - math.log(6)).mean()
     torch.testing.assert_close(loss, direct)  # the logged loss is the bound itself
     for g, d in zip(grads, torch.autograd.grad(direct, params), strict=True):
         torch.testing.assert_close(g, d)
@@ -169,8 +173,9 @@ def test_beta_tc_terms_add_up_to_the_kl_estimate():
     q = DiagonalGaussian(torch.randn(32, 4), torch.randn(32, 4) * 0.3)
     z = q.rsample(1)
     log_px = torch.zeros(1, 32)
-    one = BetaTC(beta=1.0, dataset_size=1000)(q, z, log_px)
-    six = BetaTC(beta=6.0, dataset_size=1000)(q, z, log_px)
+    sample = LatentSample(z, q.log_prob(z), standard_normal_log_prob(z), q, q.kl_standard_normal_per_dim())
+    one = BetaTC(beta=1.0, dataset_size=1000)(sample, log_px)
+    six = BetaTC(beta=6.0, dataset_size=1000)(sample, log_px)
     kl_estimate = (q.log_prob(z[0]) - standard_normal_log_prob(z[0])).mean()
     torch.testing.assert_close(one.loss, kl_estimate)
     assert six.loss.item() > one.loss.item()  # the total correlation of a random batch is positive

@@ -9,10 +9,12 @@ from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Normal, kl_divergence
 
 from vaelab.errors import ConfigError
+from vaelab.latents import LatentSample
 from vaelab.likelihoods import Bernoulli, Gaussian
 from vaelab.module import VAEModule
 from vaelab.objectives import ELBO
 from vaelab.posteriors import DiagonalGaussian, bound_logvar
+from vaelab.priors import standard_normal_log_prob
 
 
 def tiny_config(likelihood=None, beta=1.0, shape=(1, 4, 4), latent_dim=3):
@@ -92,7 +94,7 @@ def test_loss_at_beta_one_is_the_independently_computed_negative_elbo():
     with torch.random.fork_rng():
         torch.manual_seed(10)
         h = model.encoder(x)
-        mu, raw = h.chunk(2, -1)
+        mu, raw = h.chunk(2, -1)  # the Gaussian posterior needs no further encoder outputs
         logvar = bound_logvar(raw)
         q = Normal(mu, (0.5 * logvar).exp())
         z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape)
@@ -107,7 +109,9 @@ def test_loss_at_beta_one_is_the_independently_computed_negative_elbo():
 def test_beta_weights_only_the_kl_term_and_nelbo_ignores_beta():
     q = DiagonalGaussian(torch.tensor([[2.0], [0.0]]), torch.zeros(2, 1))  # KL per image: 2 and 0
     log_px = torch.tensor([[-100.0, -110.0]])
-    terms = ELBO(beta=4.0)(q, None, log_px)
+    z = q.mu.unsqueeze(0)
+    sample = LatentSample(z, q.log_prob(z), standard_normal_log_prob(z), q, q.kl_standard_normal_per_dim())
+    terms = ELBO(beta=4.0)(sample, log_px)
     assert terms.recon.item() == 105.0 and terms.kl.item() == 1.0
     assert terms.loss.item() == 105.0 + 4.0 * 1.0
     assert terms.nelbo.item() == 106.0
@@ -120,7 +124,7 @@ def test_gradients_flow_through_the_reparameterized_sample():
     q = model.posterior(x)
     recon = model.likelihood.nll(model.decoder(q.rsample()), x).mean()
     recon.backward()  # the reconstruction term alone reaches the encoder only through z
-    grad = model.encoder.net[-1].weight.grad
+    grad = model.encoder.head.weight.grad
     latent = model.latent_dim
     assert grad[:latent].abs().sum() > 0, "no gradient reached the posterior mean"
     assert grad[latent:].abs().sum() > 0, "no gradient reached the posterior log-variance"

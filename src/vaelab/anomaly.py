@@ -16,11 +16,10 @@ from torchmetrics.classification import BinaryAUROC
 def score_images(model, batches, iw_samples: int, iw_chunk: int) -> dict[str, torch.Tensor]:
     """{"nelbo": [N], "nll_iw": [N]} for every image of ``batches`` (iterable of (x, y))."""
     nelbo, nll_iw = [], []
-    for x, _ in batches:
-        x = x.to(model.device)
-        q, z, log_px = model.sample_terms(x, 1)
-        nelbo.append((-log_px[0] + q.kl_standard_normal()).cpu())
-        nll_iw.append((-model.iwae_log_likelihood(x, iw_samples, iw_chunk)).cpu())
+    for x, y in batches:
+        x, y = x.to(model.device), y.to(model.device)
+        nelbo.append(model.nelbo_per_image(x, y).cpu())
+        nll_iw.append((-model.log_likelihood(x, y, iw_samples, iw_chunk)).cpu())
     return {"nelbo": torch.cat(nelbo), "nll_iw": torch.cat(nll_iw)}
 
 

@@ -3,8 +3,10 @@
 Computes ``test/nelbo``, ``test/recon``, ``test/kl``, ``test/nll_iw`` (IWAE with
 ``eval.iw_samples`` samples), ``test/bpd`` (discrete likelihoods), ``test/active_units``,
 ``test/mi`` and ``test/kl_per_dim``; with ``anomaly.ood_data`` or ``anomaly.holdout_class``
-also the anomaly-detection AUROCs. Writes ``metrics.json``, ``samples.png`` (decoded prior
-samples), ``reconstructions.png`` (test images above their reconstructions) and, for anomaly
+also the anomaly-detection AUROCs. Writes ``metrics.json``, ``samples_prior.png`` (decoded prior
+samples; with ``sampler=gmm`` also ``samples_gmm.png``, from a Gaussian mixture fitted to the
+training set's posterior means; conditional models: one row per class, or ``sample_class``),
+``reconstructions.png`` (test images above their reconstructions) and, for anomaly
 detection, ``anomaly_<score>.png`` histograms and a TensorBoard log into the eval run folder,
 and prints the metrics.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +26,9 @@ from vaelab import anomaly
 from vaelab.entry import log, pin_run_dir, task_wrapper
 from vaelab.errors import ConfigError, VaelabError, instantiate
 from vaelab.files import save_image_atomic, write_json_atomic
+from vaelab.data.device_loader import DeviceBatches
 from vaelab.module import VAEModule
+from vaelab.samplers import PriorSampler
 
 
 def load_checkpoint(path: str) -> VAEModule:
@@ -77,6 +82,43 @@ def detect_anomalies(model: VAEModule, cfg: DictConfig, datamodule, out: Path) -
     return results
 
 
+@torch.no_grad()
+def training_latents(model: VAEModule, datamodule, seed: int) -> torch.Tensor:
+    """Posterior means of every training image [N, D] (conditional models: given the true label)."""
+    datamodule.setup("fit")
+    train = datamodule.train_set
+    batches = DeviceBatches(train.images, train.labels, datamodule.eval_batch_size, shuffle=False, seed=seed,
+                            binarize=train.binarize)
+    return torch.cat([model.posterior(x.to(model.device), y.to(model.device)).mu.float().cpu() for x, y in batches])
+
+
+@torch.no_grad()
+def sample_grids(model: VAEModule, cfg: DictConfig, datamodule) -> dict[str, tuple[torch.Tensor, int]]:
+    """{sampler name: (decoded samples, images per row)} for the prior and, with sampler=gmm, the
+    mixture fitted to the training latents. A conditional model decodes one row per class (the
+    same draws in every row), or ``sample_class`` alone."""
+    samplers = {"prior": PriorSampler()}
+    chosen = instantiate(cfg.sampler)
+    if chosen.needs_fit:
+        chosen.fit(training_latents(model, datamodule, cfg.seed))
+        samplers[HydraConfig.get().runtime.choices.sampler] = chosen
+    draws, per_row, repeats, labels = cfg.num_samples, 8, 1, None
+    if model.conditional and cfg.sample_class is None:
+        draws = per_row = max(1, cfg.num_samples // model.num_classes)
+        repeats = model.num_classes
+        labels = torch.arange(model.num_classes).repeat_interleave(per_row)
+    elif model.conditional:
+        if not 0 <= cfg.sample_class < model.num_classes:
+            raise ConfigError(f"sample_class={cfg.sample_class} is not a class: choose 0..{model.num_classes - 1}")
+        labels = torch.full((draws,), int(cfg.sample_class))
+    y = None if labels is None else labels.to(model.device)
+    return {
+        name: (model.decode_mean(sampler.sample(draws, model, seed=cfg.seed).repeat(repeats, 1).to(model.device), y),
+               per_row)
+        for name, sampler in samplers.items()
+    }
+
+
 def evaluate(cfg: DictConfig) -> dict:
     pin_run_dir()
     L.seed_everything(cfg.seed, workers=True)
@@ -92,12 +134,12 @@ def evaluate(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     model.eval()
     with torch.no_grad():
-        x, _ = datamodule.examples(cfg.num_reconstructions, "test")
-        x = x.to(model.device)
-        recon = model.decode_mean(model.posterior(x).mu)
-        samples = model.decode_mean(torch.randn(cfg.num_samples, model.latent_dim, device=model.device))
+        x, y = datamodule.examples(cfg.num_reconstructions, "test")
+        x, y = x.to(model.device), y.to(model.device)
+        recon = model.decode_mean(model.posterior(x, y).mu, y)
     save_image_atomic(make_grid(torch.cat([x, recon]).cpu(), nrow=len(x), pad_value=0.5), out / "reconstructions.png")
-    save_image_atomic(make_grid(samples.cpu(), nrow=8, pad_value=0.5), out / "samples.png")
+    for name, (images, per_row) in sample_grids(model, cfg, datamodule).items():
+        save_image_atomic(make_grid(images.cpu(), nrow=per_row, pad_value=0.5), out / f"samples_{name}.png")
     if cfg.anomaly.ood_data or cfg.anomaly.holdout_class is not None:
         metrics.update(detect_anomalies(model, cfg, datamodule, out))
 

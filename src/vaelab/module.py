@@ -26,13 +26,17 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics import CatMetric
 
 from vaelab.errors import ConfigError, VaelabError, instantiate
 from vaelab.metrics import TermMeans, active_units, bits_per_dim, kl_per_dimension, mutual_information
-from vaelab.objectives import ELBO, Terms, log_importance_weights
+from vaelab.latents import LatentSample
+from vaelab.nets import checked_shape
+from vaelab.objectives import ELBO, M2, Terms, log_importance_weights
 from vaelab.posteriors import DiagonalGaussian
+from vaelab.priors import VampPrior
 
 log = logging.getLogger("vaelab")
 TRAIN_TERMS = ("loss", "recon", "kl")
@@ -49,25 +53,40 @@ class VAEModule(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.config = config
         shape = config["data"]["shape"]
+        model_cfg = config["model"]
         self.image_dims = int(math.prod(shape))
-        self.latent_dim = int(config["model"]["latent_dim"])
+        self.latent_dim = int(model_cfg["latent_dim"])
+        checked_shape(shape, self.latent_dim)  # (before the parts that read latent_dim from model.latent_dim)
+        self.num_classes = int(config["data"].get("num_classes", 10))
+        self.conditional = bool(model_cfg.get("conditional", False))
+        cond_dim = self.num_classes if self.conditional else 0
         self.likelihood = instantiate(config["likelihood"])
-        self.encoder = instantiate(config["model"]["encoder"])
-        self.decoder = instantiate(config["model"]["decoder"], out_channels=self.likelihood.param_channels(shape[0]))
+        self.flow = instantiate(config.get("posterior") or {"_target_": "vaelab.posteriors.GaussianPosterior"})
+        self.prior = instantiate(config.get("prior") or {"_target_": "vaelab.priors.StandardNormal",
+                                                         "latent_dim": self.latent_dim})
+        self.ladder = instantiate(model_cfg["ladder"]) if model_cfg.get("ladder") else None
+        self.classifier = instantiate(model_cfg["classifier"]) if model_cfg.get("classifier") else None
+        self.encoder = instantiate(model_cfg["encoder"], extra_outputs=self.flow.context_dim, cond_dim=cond_dim)
+        self.decoder = instantiate(model_cfg["decoder"], out_channels=self.likelihood.param_channels(shape[0]),
+                                   cond_dim=cond_dim)
         schedule = instantiate(config.get("kl_schedule") or {"_target_": "vaelab.schedules.Constant"})
         self.objective = instantiate(config["objective"], kl_schedule=schedule)
+        self._check_combination()
         self.true_elbo = ELBO(beta=1.0)
         eval_cfg = config.get("eval") or {}
         self.iw_samples = int(eval_cfg.get("iw_samples", 0))
         self.iw_chunk = int(eval_cfg.get("iw_chunk", 100))
-        self.channels_last = bool(config["model"].get("channels_last", False))
+        self.channels_last = bool(model_cfg.get("channels_last", False))
         self.compile_mode = config.get("compile", "auto")
         if self.compile_mode not in (True, False, "auto"):
             raise ConfigError(f"compile must be auto, true or false, got {self.compile_mode!r}")
-        self._log_px = self._eager_log_px
+        self._forward = self._eager_forward
+        layers = tuple(f"kl_{name}" for name in (("z1", "z2") if self.ladder is not None else ()))
+        train_terms = (*TRAIN_TERMS, *layers, *(("classifier_ce",) if self.semi_supervised else ()))
+        eval_terms = (*EVAL_TERMS, *layers, *(("error",) if self.classifier is not None else ()))
         # ("train" cannot be a ModuleDict key: it is a method of nn.Module)
         self.epoch_means = nn.ModuleDict(
-            {"fit": TermMeans(TRAIN_TERMS), "val": TermMeans(EVAL_TERMS), "test": TermMeans(EVAL_TERMS)}
+            {"fit": TermMeans(train_terms), "val": TermMeans(eval_terms), "test": TermMeans(eval_terms)}
         )
         self.epoch_means["fit"].persistent(True)  # a mid-epoch checkpoint carries the epoch's sums so far
         self._rng_to_restore: dict | None = None
@@ -76,6 +95,28 @@ class VAEModule(L.LightningModule):
         self.register_buffer("first_nonfinite", torch.tensor([-1, -1]), persistent=False)  # (step, term)
         self.register_buffer("device_step", torch.tensor(0), persistent=False)  # global_step, on the device
 
+    @property
+    def semi_supervised(self) -> bool:
+        return isinstance(self.objective, M2)
+
+    def _check_combination(self) -> None:
+        """Refuse the model families that do not combine, with the way out."""
+        if self.objective.needs_gaussian_posterior and not (self.flow.closed_form and self.prior.standard_normal
+                                                             and self.ladder is None):
+            raise ConfigError("objective=beta_tc needs posterior=gaussian, prior=normal and a one-layer model")
+        if self.ladder is not None and not (self.flow.closed_form and self.prior.standard_normal):
+            raise ConfigError("model=hierarchical has its own prior and posterior: use posterior=gaussian prior=normal")
+        if self.ladder is not None and self.ladder.latent_dim != self.latent_dim:
+            raise ConfigError("model.ladder.latent_dim must equal model.latent_dim (the decoder's input)")
+        if self.conditional and isinstance(self.prior, VampPrior):
+            raise ConfigError("prior=vamp encodes unlabelled pseudo-inputs: use it with model.conditional=false")
+        if self.config["data"].get("labels_per_class") and not self.semi_supervised:
+            raise ConfigError("data.labels_per_class hides most labels, which only objective=m2 can learn without: "
+                              "use experiment=mnist_m2_100 or data.labels_per_class=null")
+        if self.semi_supervised != (self.classifier is not None) or (self.semi_supervised and not self.conditional):
+            raise ConfigError("objective=m2 needs model.conditional=true and a model.classifier "
+                              "(use experiment=mnist_m2_100), and a model.classifier needs objective=m2")
+
     def configure_model(self) -> None:
         """Called by Lightning before each fit/test: memory format and compilation for the run's device."""
         if self.channels_last:
@@ -83,7 +124,7 @@ class VAEModule(L.LightningModule):
         # (also called by load_from_checkpoint, with no trainer attached)
         device = self._trainer.strategy.root_device if self._trainer is not None else self.device
         if self.compile_mode is True or (self.compile_mode == "auto" and device.type == "cuda"):
-            self._log_px = torch.compile(self._eager_log_px, mode=self.config.get("compile_mode"))
+            self._forward = torch.compile(self._eager_forward, mode=self.config.get("compile_mode"))
 
     # --- the model -------------------------------------------------------------------
     @staticmethod
@@ -91,50 +132,106 @@ class VAEModule(L.LightningModule):
         """The densities are computed in float32 (or float64) even when the nets run in bf16."""
         return t.to(torch.promote_types(t.dtype, torch.float32))
 
-    def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian.from_encoder_output(self._at_least_float32(self.encoder(x)))
+    @property
+    def noise_dim(self) -> int:
+        """Standard-normal noise per sample: D, or D1 + D2 for the two-layer model."""
+        return self.ladder.noise_dim if self.ladder is not None else self.latent_dim
 
-    def decoder_params(self, z: torch.Tensor) -> torch.Tensor:
-        return self._at_least_float32(self.decoder(z))
+    def one_hot(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """The label as the conditional nets' input [B, K] (None for unconditional models)."""
+        if not self.conditional:
+            return None
+        if y is None:
+            raise ConfigError("this is a conditional model (model.conditional=true): give the class labels")
+        return F.one_hot(y.long(), self.num_classes).to(self.dtype)
 
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x|z] as an image in [0, 1]."""
-        return self.likelihood.mean(self.decoder_params(z))
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's output h [B, 2D + context] in float32."""
+        return self._at_least_float32(self.encoder(x, self.one_hot(y)))
 
-    def _log_px_given(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def gaussian_posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> DiagonalGaussian:
+        """The encoder's Gaussian q0(z|x) (what the VampPrior averages over its pseudo-inputs)."""
+        return DiagonalGaussian.from_encoder_output(self.encode(x, y)[:, : 2 * self.latent_dim])
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> DiagonalGaussian:
+        """A Gaussian over the decoder's latents for pictures and embeddings: q0(z|x), or for the
+        two-layer model q(z1|x, z2 = E[z2|x])."""
+        if self.ladder is not None:
+            return self.ladder.mean_posterior(self.encode(x, y))
+        return self.gaussian_posterior(x, y)
+
+    def latent_sample(self, h: torch.Tensor, eps: torch.Tensor) -> LatentSample:
+        """Samples z and their densities from the encoder output h and noise eps [S, B, noise_dim]."""
+        if self.ladder is not None:
+            return self.ladder(h, eps)
+        d = self.latent_dim
+        base = DiagonalGaussian.from_encoder_output(h[:, : 2 * d])
+        z, log_q = self.flow(base, h[:, 2 * d :], eps)
+        log_p = self.prior.log_prob(z, self.gaussian_posterior)
+        closed = self.flow.closed_form and self.prior.standard_normal
+        return LatentSample(z, log_q, log_p, base, base.kl_standard_normal_per_dim() if closed else None)
+
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ p(z) [n, D] (for the two-layer model z1 ~ p(z1|z2), z2 ~ N(0, I))."""
+        if self.ladder is not None:
+            return self.ladder.sample_prior(n, generator)
+        return self.prior.sample(n, self.gaussian_posterior, generator).to(self.device)
+
+    def decoder_params(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self._at_least_float32(self.decoder(z, self.one_hot(y)))
+
+    def decode_mean(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x|z] (E[x|z, y] for conditional models) as an image in [0, 1]."""
+        return self.likelihood.mean(self.decoder_params(z, y))
+
+    def _log_px_given(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x|z_s) [S, B] for latents z [S, B, D]."""
         s, b = z.shape[:2]
         x_rep = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
-        return -self.likelihood.nll(self.decoder_params(z.reshape(s * b, -1)), x_rep).view(s, b)
+        y_rep = None if y is None else y.repeat(s)
+        return -self.likelihood.nll(self.decoder_params(z.reshape(s * b, -1), y_rep), x_rep).view(s, b)
 
-    def _eager_log_px(self, x: torch.Tensor, eps: torch.Tensor):
-        """(mu, logvar, log p(x|z_s) [S, B]) for z_s = mu + sigma * eps_s, eps [S, B, D]."""
-        q = self.posterior(x)
-        return q.mu, q.logvar, self._log_px_given(q.sample_from_noise(eps), x)
+    def _eager_forward(self, x: torch.Tensor, y: torch.Tensor | None, eps: torch.Tensor):
+        """Encoder, latents and decoder for noise eps [S, B, noise_dim]: the LatentSample's tensors
+        and log p(x|z_s) [S, B] (a flat tuple, which torch.compile returns as is)."""
+        sample = self.latent_sample(self.encode(x, y), eps)
+        log_px = self._log_px_given(sample.z, x, y)
+        return (sample.z, sample.log_q, sample.log_p, sample.base.mu, sample.base.logvar, sample.kl_per_dim,
+                sample.layer_kl, log_px)
 
-    def sample_terms(self, x: torch.Tensor, samples: int):
-        """Draw ``samples`` z per image: (q, z [S, B, D], log p(x|z) [S, B])."""
+    def sample_terms(self, x: torch.Tensor, samples: int, y: torch.Tensor | None = None):
+        """Draw ``samples`` z per image: (LatentSample, log p(x|z) [S, B])."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        eps = torch.randn(samples, len(x), self.latent_dim, device=x.device, dtype=self.dtype)
-        mu, logvar, log_px = self._log_px(x, eps)
-        q = DiagonalGaussian(mu, logvar)
-        return q, q.sample_from_noise(eps), log_px
+        eps = torch.randn(samples, len(x), self.noise_dim, device=x.device, dtype=self.dtype)
+        z, log_q, log_p, mu, logvar, kl_per_dim, layer_kl, log_px = self._forward(x, y, eps)
+        return LatentSample(z, log_q, log_p, DiagonalGaussian(mu, logvar), kl_per_dim, layer_kl), log_px
 
-    def terms(self, x: torch.Tensor, step: int = 0) -> Terms:
-        """The training objective's terms for a batch."""
-        return self.objective(*self.sample_terms(x, self.objective.samples), step)
+    def per_class_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """recon(x, y) and KL(q(z|x, y) || p(z)) for every class y: [B, K] each (one sample)."""
+        k, b = self.num_classes, len(x)
+        classes = torch.arange(k, device=x.device).repeat_interleave(b)
+        sample, log_px = self.sample_terms(x.repeat(k, *([1] * (x.dim() - 1))), 1, classes)
+        return -log_px[0].view(k, b).T, sample.kl.view(k, b).T
+
+    def terms(self, x: torch.Tensor, y: torch.Tensor | None = None, step: int = 0) -> Terms:
+        """The training objective's terms for a batch (y: labels, -1 where unknown)."""
+        if self.semi_supervised:
+            return self.objective(*self.per_class_terms(x), self.classifier(x).float(), y)
+        return self.objective(*self.sample_terms(x, self.objective.samples, y), step)
 
     @torch.no_grad()
-    def iwae_log_likelihood(self, x: torch.Tensor, k: int, chunk: int = 100) -> torch.Tensor:
-        """log p(x) ~ logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] per image [B],
-        with the k samples drawn ``chunk`` at a time and combined with a running logsumexp."""
-        q = self.posterior(x)
-        total = torch.full((len(x),), -math.inf, device=x.device, dtype=self.dtype)
+    def iwae_log_likelihood(self, x: torch.Tensor, k: int, chunk: int = 100,
+                            y: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x) ~ logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] per image [B]
+        (log p(x|y) for conditional models), with the k samples drawn ``chunk`` at a time and
+        combined with a running logsumexp. The encoder runs once."""
+        h = self.encode(x, y)
+        total = torch.full((len(x),), -math.inf, device=x.device, dtype=torch.float32)
         for start in range(0, k, chunk):
             s = min(chunk, k - start)
-            z = q.sample_from_noise(torch.randn(s, len(x), self.latent_dim, device=x.device, dtype=self.dtype))
-            log_w = log_importance_weights(q, z, self._log_px_given(z, x))
+            sample = self.latent_sample(h, torch.randn(s, len(x), self.noise_dim, device=x.device, dtype=h.dtype))
+            log_w = log_importance_weights(sample, self._log_px_given(sample.z, x, y))
             total = torch.logaddexp(total, torch.logsumexp(log_w, 0))
         return total - math.log(k)
 
@@ -169,9 +266,9 @@ class VAEModule(L.LightningModule):
         self.epoch_means["fit"].reset()
 
     def training_step(self, batch, batch_idx):
-        x, _ = batch
-        t = self.terms(x, self.global_step)
-        values = {"loss": t.loss, "recon": t.recon, "kl": t.kl}
+        x, y = batch
+        t = self.terms(x, y, self.global_step)
+        values = {"loss": t.loss, "recon": t.recon, "kl": t.kl, **t.extra}
         self.epoch_means["fit"].update(values, len(x))
         self._watch_finite(t)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
@@ -207,14 +304,40 @@ class VAEModule(L.LightningModule):
 
     # --- validation and test -----------------------------------------------------------
     def _evaluate(self, batch, stage: str) -> None:
-        x, _ = batch
-        q, z, log_px = self.sample_terms(x, 1)
-        t = self.true_elbo(q, z, log_px)
-        values = {"nelbo": t.nelbo, "recon": t.recon, "kl": t.kl}
+        x, y = batch
+        if self.semi_supervised:  # the bound on log p(x), the label marginalized with q(y|x)
+            logits = self.classifier(x).float()
+            t = self.objective(*self.per_class_terms(x), logits, torch.full_like(y, -1))
+            values = {"error": (logits.argmax(-1) != y).float().mean()}
+            q = self.gaussian_posterior(x, y)
+        else:  # the bound on log p(x) (log p(x|y) for a conditional model), with per-layer KLs
+            sample, log_px = self.sample_terms(x, 1, y)
+            t, q = self.true_elbo(sample, log_px), sample.base
+            values = dict(t.extra)
+        values.update(nelbo=t.nelbo, recon=t.recon, kl=t.kl)
         if stage == "test" and self.iw_samples > 0:
-            values["nll_iw"] = -self.iwae_log_likelihood(x, self.iw_samples, self.iw_chunk).mean()
+            values["nll_iw"] = -self.log_likelihood(x, y, self.iw_samples, self.iw_chunk).mean()
         self.epoch_means[stage].update(values, len(x))
         self.posteriors[stage].update(torch.cat([q.mu, q.logvar], dim=1))
+
+    @torch.no_grad()
+    def nelbo_per_image(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The negative ELBO of each image [B] (one sample): of log p(x|y) for a conditional model,
+        of log p(x) with the label marginalized by q(y|x) for M2, of log p(x) otherwise."""
+        if self.semi_supervised:
+            recon, kl, _, _ = M2.per_image(*self.per_class_terms(x), self.classifier(x).float(), torch.full_like(y, -1))
+            return recon + kl
+        sample, log_px = self.sample_terms(x, 1, y)
+        return -log_px[0] + sample.kl
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor, k: int, chunk: int = 100) -> torch.Tensor:
+        """The IWAE estimate of log p(x) [B] with k samples: log p(x|y) for a conditional model,
+        and for M2 log sum_y p(y) p(x|y), each class's term estimated with k samples."""
+        if not self.semi_supervised:
+            return self.iwae_log_likelihood(x, k, chunk, y if self.conditional else None)
+        per_class = torch.stack([self.iwae_log_likelihood(x, k, chunk, torch.full_like(y, c))
+                                 for c in range(self.num_classes)])
+        return torch.logsumexp(per_class, 0) - math.log(self.num_classes)
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, "val")

@@ -1,21 +1,25 @@
 """Training objectives (the ``objective`` config group).
 
-Each objective receives, for a batch of B images and S samples z_s ~ q(z|x) per image:
-the posterior q, the samples z [S, B, D], log p(x|z_s) [S, B] and the optimizer step, and
-returns batch-mean terms in nats per image. ``recon`` (= -E_q log p(x|z)) and ``kl`` (the
-closed-form KL(q || N(0, I))) are reported the same way by every objective, so that
-``nelbo = recon + kl`` is always the negative ELBO.
+Each objective receives, for a batch of B images and S samples z_s ~ q(z|x) per image: the
+``LatentSample`` (z [S, B, D], log q(z_s|x), log p(z_s), the KL), log p(x|z_s) [S, B] and the
+optimizer step, and returns batch-mean terms in nats per image. ``recon`` (= -E_q log p(x|z))
+and ``kl`` (KL(q || p): closed form where it exists, else Monte Carlo) are reported the same way
+by every objective, so that ``nelbo = recon + kl`` is always the negative ELBO.
+
+``M2`` is the semi-supervised objective; it receives per-class terms instead (see its docstring).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+import torch.nn.functional as F
+
 from vaelab.errors import ConfigError
-from vaelab.posteriors import DiagonalGaussian
+from vaelab.latents import LatentSample
 from vaelab.priors import standard_normal_log_prob
 from vaelab.schedules import Constant, KLSchedule
 
@@ -27,19 +31,21 @@ class Terms:
     loss: torch.Tensor
     recon: torch.Tensor
     kl: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # further batch means to log, by name
 
     @property
     def nelbo(self) -> torch.Tensor:
         return self.recon + self.kl
 
 
-def log_importance_weights(q: DiagonalGaussian, z: torch.Tensor, log_px: torch.Tensor) -> torch.Tensor:
+def log_importance_weights(sample: LatentSample, log_px: torch.Tensor) -> torch.Tensor:
     """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x), [S, B]."""
-    return log_px + standard_normal_log_prob(z) - q.log_prob(z)
+    return log_px + sample.log_weights
 
 
 class Objective:
     samples = 1  # z samples per image
+    needs_gaussian_posterior = False  # True where the maths needs q = N(mu, sigma) and p = N(0, I)
 
     def __init__(self, kl_schedule: KLSchedule | None = None):
         self.kl_schedule = kl_schedule or Constant()
@@ -49,8 +55,13 @@ class Objective:
             raise ConfigError(f"objective={name} takes no KL schedule: use kl_schedule=constant (or objective=elbo)")
 
     @staticmethod
-    def reported(q: DiagonalGaussian, log_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return -log_px.mean(), q.kl_standard_normal().mean()
+    def reported(sample: LatentSample, log_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return -log_px.mean(), sample.kl.mean()
+
+    @staticmethod
+    def layer_kls(sample: LatentSample) -> dict[str, torch.Tensor]:
+        """Batch means of a hierarchical model's per-layer KLs, as ``kl_<layer>``."""
+        return {f"kl_{name}": kl.mean() for name, kl in sample.layer_kl.items()}
 
 
 class ELBO(Objective):
@@ -58,9 +69,11 @@ class ELBO(Objective):
 
         loss = E_q[-log p(x|z)] + beta * KL term,
 
-    the KL term being the closed-form KL(q(z|x) || N(0, I)) passed through the KL schedule
-    (plain sum over dimensions with ``kl_schedule=constant``). Both terms are summed over
-    dimensions and averaged over the batch: one reduction, nats per image.
+    the KL term being KL(q(z|x) || p(z)) passed through the KL schedule (plain sum over
+    dimensions with ``kl_schedule=constant``). Both terms are summed over dimensions and averaged
+    over the batch: one reduction, nats per image. Where the KL has no closed form (flow
+    posteriors, VampPrior, mixture prior, ladder) the schedule sees it as one group: free bits
+    then apply to the whole KL, not per dimension.
     """
 
     def __init__(self, beta: float = 1.0, kl_schedule: KLSchedule | None = None):
@@ -69,10 +82,11 @@ class ELBO(Objective):
             raise ConfigError(f"objective.beta must be >= 0, got {beta}: pass objective.beta=<non-negative number>")
         self.beta = float(beta)
 
-    def __call__(self, q, z, log_px, step: int = 0) -> Terms:
-        recon, kl = self.reported(q, log_px)
-        kl_term = self.kl_schedule(q.kl_standard_normal_per_dim().mean(0), step)
-        return Terms(loss=recon + self.beta * kl_term, recon=recon, kl=kl)
+    def __call__(self, sample: LatentSample, log_px: torch.Tensor, step: int = 0) -> Terms:
+        recon, kl = self.reported(sample, log_px)
+        grouped = sample.kl_per_dim if sample.kl_per_dim is not None else sample.kl.unsqueeze(-1)
+        kl_term = self.kl_schedule(grouped.mean(0), step)
+        return Terms(loss=recon + self.beta * kl_term, recon=recon, kl=kl, extra=self.layer_kls(sample))
 
 
 class IWAE(Objective):
@@ -92,13 +106,13 @@ class IWAE(Objective):
         self._require_constant_schedule("iwae")
         self.samples = int(k)
 
-    def __call__(self, q, z, log_px, step: int = 0) -> Terms:
-        log_w = log_importance_weights(q, z, log_px)
+    def __call__(self, sample: LatentSample, log_px: torch.Tensor, step: int = 0) -> Terms:
+        log_w = log_importance_weights(sample, log_px)
         bound = (torch.logsumexp(log_w, 0) - math.log(self.samples)).mean()
         surrogate = -(torch.softmax(log_w, 0).detach() * log_w).sum(0).mean()
         loss = surrogate + (-bound - surrogate).detach()
-        recon, kl = self.reported(q, log_px)
-        return Terms(loss=loss, recon=recon, kl=kl)
+        recon, kl = self.reported(sample, log_px)
+        return Terms(loss=loss, recon=recon, kl=kl, extra=self.layer_kls(sample))
 
 
 class BetaTC(Objective):
@@ -108,8 +122,11 @@ class BetaTC(Objective):
         loss = recon + alpha * I(x; z) + beta * TC(z) + gamma * sum_d KL(q(z_d) || p(z_d)),
 
     q(z) and q(z_d) estimated on the minibatch with minibatch-stratified sampling over a
-    training set of ``dataset_size`` images (set by the module from the data).
+    training set of ``dataset_size`` images (set by the module from the data). It needs the
+    Gaussian posterior and the standard-normal prior.
     """
+
+    needs_gaussian_posterior = True
 
     def __init__(self, beta: float = 6.0, alpha: float = 1.0, gamma: float = 1.0,
                  kl_schedule: KLSchedule | None = None, dataset_size: int | None = None):
@@ -129,7 +146,8 @@ class BetaTC(Objective):
         weights[m - 1, 0] = (n - m) / (n * m)
         return weights.log()
 
-    def __call__(self, q, z, log_px, step: int = 0) -> Terms:
+    def __call__(self, sample: LatentSample, log_px: torch.Tensor, step: int = 0) -> Terms:
+        q, z = sample.base, sample.z
         if self.dataset_size is None:
             raise ConfigError("objective=beta_tc needs the training-set size (objective.dataset_size)")
         z1 = z[0]  # [B, D]
@@ -147,5 +165,57 @@ class BetaTC(Objective):
         mi = (log_qz_given_x - log_qz).mean()
         tc = (log_qz - log_prod_qzd).mean()
         dim_kl = (log_prod_qzd - log_pz).mean()
-        recon, kl = self.reported(q, log_px)
+        recon, kl = self.reported(sample, log_px)
         return Terms(loss=recon + self.alpha * mi + self.beta * tc + self.gamma * dim_kl, recon=recon, kl=kl)
+
+
+class M2(Objective):
+    """The semi-supervised objective of Kingma et al. (2014), model M2: p(x, y, z) = p(x|y, z)
+    p(y) p(z) with p(y) uniform over K classes, q(z|x, y) and a classifier q(y|x).
+
+    For a labelled image, L(x, y) = recon(x, y) + KL(q(z|x, y) || p(z)) - log p(y) (the negative
+    ELBO of log p(x, y)); for an unlabelled one,
+
+        U(x) = sum_y q(y|x) L(x, y) - H(q(y|x))
+
+    (the negative ELBO of log p(x)). The loss is the batch sum of L over the labelled images and
+    U over the unlabelled ones, divided by the number of images, plus ``alpha`` times the
+    labelled images' mean cross-entropy -log q(y|x) (the term that trains the classifier on the
+    labels as well). Input: per-class recon and KL [B, K] (the model run once per class), the
+    classifier's logits [B, K] and the labels [B] (-1 where unknown).
+
+    Reported: ``recon`` is the q(y|x)-weighted (labelled: true-class) reconstruction term and
+    ``kl`` the KL of both latents, KL(q(y|x) || p(y)) + E_q(y|x) KL(q(z|x, y) || p(z)) (labelled:
+    -log p(y) + KL), so that ``nelbo = recon + kl`` is U(x) or L(x, y); ``extra`` holds
+    ``classifier_ce``, the labelled images' cross-entropy.
+    """
+
+    def __init__(self, alpha: float = 50.0, kl_schedule: KLSchedule | None = None):
+        super().__init__(kl_schedule)
+        if alpha < 0:
+            raise ConfigError(f"objective.alpha must be >= 0, got {alpha}")
+        self._require_constant_schedule("m2")
+        self.alpha = float(alpha)
+
+    @staticmethod
+    def per_image(recon_y: torch.Tensor, kl_y: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
+        """(recon [B], kl [B], cross-entropy [B] (0 where the label is unknown), labelled [B] bool)."""
+        num_classes = logits.shape[-1]
+        labelled = labels >= 0
+        log_q_y = torch.log_softmax(logits, -1)
+        # q(y|x) for unlabelled images, the one-hot true label for labelled ones
+        weights = torch.where(labelled.unsqueeze(-1), F.one_hot(labels.clamp(min=0), num_classes).to(log_q_y),
+                              log_q_y.exp())
+        # the label's KL: -log p(y) = log K if known, else KL(q(y|x) || p(y)) = log K - H(q(y|x))
+        label_kl = math.log(num_classes) + torch.where(labelled, 0.0, (log_q_y.exp() * log_q_y).sum(-1))
+        recon = (weights * recon_y).sum(-1)
+        kl = (weights * kl_y).sum(-1) + label_kl
+        ce = torch.where(labelled, -log_q_y.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1), 0.0)
+        return recon, kl, ce, labelled
+
+    def __call__(self, recon_y: torch.Tensor, kl_y: torch.Tensor, logits: torch.Tensor,
+                 labels: torch.Tensor) -> Terms:
+        recon, kl, ce, labelled = self.per_image(recon_y, kl_y, logits, labels)
+        ce_mean = ce.sum() / labelled.sum().clamp(min=1)
+        loss = (recon + kl).mean() + self.alpha * ce_mean  # L(x, y) or U(x) per image, then the classifier term
+        return Terms(loss=loss, recon=recon.mean(), kl=kl.mean(), extra={"classifier_ce": ce_mean})

@@ -14,7 +14,8 @@ class LatentImages(L.Callback):
     validation split) and fixed prior draws, so that the pictures of successive epochs compare:
 
     - ``images/reconstructions``: the inputs (top row) above E[x | z = mu(x)];
-    - ``images/prior_samples``: E[x|z] for z ~ N(0, I);
+    - ``images/prior_samples``: E[x|z] for z ~ p(z) (conditional models: one row per class, the
+      same z in every row, so each column shows one style across the classes);
     - ``images/interpolations``: each row decodes z = (1 - t) mu(a) + t mu(b), t from 0 to 1;
     - ``images/traversals``: each row moves one latent dimension of mu(x_0) from -r to r, for the
       dimensions with the largest KL on these images (the ones the model uses most).
@@ -44,23 +45,35 @@ class LatentImages(L.Callback):
 
     def grids(self, datamodule, pl_module):
         """Yield (tag, images [N, C, H, W] in [0, 1], images per row) for each picture."""
-        x, _ = datamodule.examples(self.num_examples, "val")
-        x = x.to(pl_module.device)
+        x, y = datamodule.examples(self.num_examples, "val")
+        x, y = x.to(pl_module.device), y.to(pl_module.device)
         n = len(x)
-        q = pl_module.posterior(x)
-        yield "reconstructions", torch.cat([x, pl_module.decode_mean(q.mu)]), n
+        q = pl_module.posterior(x, y)
+        yield "reconstructions", torch.cat([x, pl_module.decode_mean(q.mu, y)]), n
 
         gen = torch.Generator().manual_seed(self.seed)
-        z = torch.randn(self.num_samples, pl_module.latent_dim, generator=gen).to(pl_module.device)
-        yield "prior_samples", pl_module.decode_mean(z), 8
+        if pl_module.conditional:
+            yield "prior_samples", class_grid(pl_module, 8, gen), 8
+        else:
+            yield "prior_samples", pl_module.decode_mean(pl_module.sample_prior(self.num_samples, gen)), 8
 
         t = torch.linspace(0, 1, self.interpolation_steps, device=x.device)[None, :, None]
         a, b = q.mu[0 : n - 1 : 2, None], q.mu[1:n:2, None]  # pairs (x0, x1), (x2, x3), ...
         z = ((1 - t) * a + t * b).reshape(-1, pl_module.latent_dim)
-        yield "interpolations", pl_module.decode_mean(z), self.interpolation_steps
+        # (a conditional model draws each interpolation with the label of its first image)
+        y_rows = y[0 : n - 1 : 2].repeat_interleave(self.interpolation_steps)
+        yield "interpolations", pl_module.decode_mean(z, y_rows), self.interpolation_steps
 
         dims = q.kl_standard_normal_per_dim().mean(0).topk(min(self.traversal_dims, pl_module.latent_dim)).indices
         values = torch.linspace(-self.traversal_range, self.traversal_range, self.traversal_steps, device=x.device)
         z = q.mu[0].repeat(len(dims), self.traversal_steps, 1)
         z[torch.arange(len(dims)), :, dims] = values
-        yield "traversals", pl_module.decode_mean(z.reshape(-1, pl_module.latent_dim)), self.traversal_steps
+        y_rows = y[:1].repeat(len(dims) * self.traversal_steps)
+        yield "traversals", pl_module.decode_mean(z.reshape(-1, pl_module.latent_dim), y_rows), self.traversal_steps
+
+
+def class_grid(pl_module, per_class: int, generator: torch.Generator) -> torch.Tensor:
+    """E[x|z, y] with one row per class y and the same ``per_class`` prior draws z in every row."""
+    z = pl_module.sample_prior(per_class, generator).repeat(pl_module.num_classes, 1)
+    y = torch.arange(pl_module.num_classes, device=z.device).repeat_interleave(per_class)
+    return pl_module.decode_mean(z, y)

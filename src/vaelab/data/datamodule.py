@@ -66,6 +66,20 @@ class ImageDataModule(L.LightningDataModule):
     of its free memory (always on the CPU, where they are in memory anyway), ``true`` always,
     ``false`` never (then ``num_workers`` and ``pin_memory`` apply). ``seed`` fixes the
     shuffling order of the on-device batches, epoch by epoch.
+
+    Few labels, for semi-supervised learning (the M2 model of Kingma et al. 2014):
+    ``labels_per_class`` keeps the labels of only that many training images of each class (of
+    the classes left after ``exclude_classes``), a balanced subset chosen by ``labels_seed``
+    (``labelled_indices``, indices into ``train_set``; ``num_labelled`` of them). Each training
+    batch is then the usual ``batch_size`` images of the whole training set with label -1
+    ("unknown") followed by ``labelled_batch_size`` images of the labelled subset with their
+    labels; see ``DeviceBatches`` for how that part is drawn. ``labelled_batch_size`` is per
+    process under DDP (each process draws its own), not global like ``batch_size``. Validation
+    and test images keep their labels. These batches are served by ``DeviceBatches`` only: with
+    ``on_device=false`` the training loader is a ConfigError, and with ``auto`` the training split
+    stays in CPU memory when it does not fit on the device (Lightning moves each batch there).
+    ``labels_per_class=null`` (the default) knows every training label and changes nothing.
+    ``num_classes`` is the number of classes the labels range over (for the model's classifier).
     """
 
     def __init__(self, name: str, shape: Sequence[int], root: str, mirror: str | None = None,
@@ -73,7 +87,8 @@ class ImageDataModule(L.LightningDataModule):
                  split_seed: int = 0, batch_size: int = 128, eval_batch_size: int | None = None,
                  num_workers: int = 0, pin_memory: bool = False, on_device: bool | str = "auto",
                  seed: int | None = 0, binarize: str = "none", binarize_seed: int = 0,
-                 exclude_classes: Sequence[int] = ()):
+                 exclude_classes: Sequence[int] = (), num_classes: int = 10, labels_per_class: int | None = None,
+                 labels_seed: int = 0, labelled_batch_size: int = 100):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -99,6 +114,19 @@ class ImageDataModule(L.LightningDataModule):
         self.binarize_seed = binarize_seed
         self.exclude_classes = list(exclude_classes)
         self.seed = seed or 0
+        if num_classes < 1:
+            raise ConfigError(f"data.num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        if labels_per_class is not None and (isinstance(labels_per_class, bool) or labels_per_class < 1):
+            raise ConfigError(
+                f"data.labels_per_class must be >= 1 (or null to use every training label), got {labels_per_class}"
+            )
+        if labelled_batch_size < 1:
+            raise ConfigError(f"data.labelled_batch_size must be >= 1, got {labelled_batch_size}")
+        self.labels_per_class = labels_per_class
+        self.labels_seed = labels_seed
+        self.labelled_batch_size = labelled_batch_size
+        self.labelled_indices: torch.Tensor | None = None
         self.train_set = self.val_set = self.test_set = None
         self.device_splits: dict[str, Split] = {}
 
@@ -110,12 +138,18 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(
                 f"{self.name} images have shape {list(data.train.images.shape[1:])} but data.shape is {list(self.shape)}"
             )
+        top = int(max(data.train.labels.max(), data.test.labels.max()))
+        if top >= self.num_classes:
+            raise ConfigError(
+                f"data.num_classes={self.num_classes} but {self.name} has label {top}: use data.num_classes={top + 1}"
+            )
         n = len(data.train.labels)
         if self.val_size >= n:
             raise ConfigError(f"data.val_size={self.val_size} leaves no training images (the training set has {n})")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         val_idx, train_idx = order[: self.val_size].sort().values, order[self.val_size :].sort().values
         train, val = (self._kept(Split(data.train.images[i], data.train.labels[i])) for i in (train_idx, val_idx))
+        self.labelled_indices = self._labelled_subset(train.labels)
         dynamic = self.binarize == "dynamic"
         self.train_set = TensorImages(self._binarized(train, 1) if not dynamic else train, binarize=dynamic)
         self.val_set = TensorImages(self._binarized(val, 2)) if self.val_size else None
@@ -133,6 +167,35 @@ class ImageDataModule(L.LightningDataModule):
             return split
         keep = ~torch.isin(split.labels, torch.tensor(self.exclude_classes))
         return Split(split.images[keep], split.labels[keep])
+
+    def _labelled_subset(self, labels: torch.Tensor) -> torch.Tensor:
+        """Sorted indices of the training images whose labels are known: all of them, or the first
+        ``labels_per_class`` of each class in an order drawn with ``labels_seed``."""
+        if self.labels_per_class is None:
+            return torch.arange(len(labels))
+        counts = torch.bincount(labels)
+        classes = counts.nonzero().flatten()
+        smallest = int(classes[counts[classes].argmin()])
+        if self.labels_per_class > counts[smallest]:
+            raise ConfigError(
+                f"data.labels_per_class={self.labels_per_class} is more than the {int(counts[smallest])} training "
+                f"images of class {smallest}: use at most {int(counts[smallest])}"
+            )
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.labels_seed))
+        shuffled = labels[order]
+        picked = [order[shuffled == c][: self.labels_per_class] for c in classes.tolist()]
+        return torch.cat(picked).sort().values
+
+    @property
+    def num_labelled(self) -> int | None:
+        """How many training labels are known (``labels_per_class`` x classes, or the whole training
+        set without it); None before ``setup``."""
+        return None if self.labelled_indices is None else len(self.labelled_indices)
+
+    @property
+    def semi_supervised(self) -> bool:
+        """Whether training batches carry a labelled part (``labels_per_class`` is set)."""
+        return self.labels_per_class is not None
 
     def _binarized(self, split: Split, stream: int) -> Split:
         """Every pixel drawn once as Bernoulli(intensity), stored as 0 or 255 (unless binarize=none)."""
@@ -163,14 +226,25 @@ class ImageDataModule(L.LightningDataModule):
         return batch_size // world
 
     def _loader(self, split: str, dataset: TensorImages, batch_size: int, shuffle: bool):
-        if split in self.device_splits:
+        semi_supervised = split == "train" and self.semi_supervised
+        if semi_supervised and split not in self.device_splits:
+            if self.on_device is False:
+                raise ConfigError(
+                    "data.labels_per_class needs the on-device batches: use data.on_device=true or auto "
+                    "(the DataLoader of data.on_device=false has no labelled part)"
+                )
+            data = Split(dataset.images, dataset.labels)  # auto, too big for the device: batches from CPU memory
+        else:
+            data = self.device_splits.get(split)
+        if data is not None:
             trainer = self.trainer
-            data = self.device_splits[split]
+            labelled = self.labelled_indices.to(data.images.device) if semi_supervised else None
             return DeviceBatches(
                 data.images, data.labels, self.per_device_batch_size(batch_size), shuffle=shuffle, seed=self.seed,
                 rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
                 even_shards=split == "train", current_epoch=lambda: trainer.current_epoch if trainer else 0,
                 binarize=dataset.binarize, batches_done=lambda: self._batches_done(split),
+                labelled=labelled, labelled_batch_size=self.labelled_batch_size,
             )
         if self.num_workers > 0 and multiprocessing.current_process().daemon:
             raise ConfigError(

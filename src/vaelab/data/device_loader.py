@@ -32,12 +32,28 @@ class DeviceBatches:
     hands it back through ``load_state_dict`` on resume; the next iteration over that epoch then
     starts at the first batch not yet trained on, with the same order and the same binarization
     draws as the uninterrupted run.
+
+    Semi-supervised batches (the M2 model of Kingma et al. 2014): with ``labelled`` (indices into
+    ``images`` of the images whose labels are known) each batch of ``batch_size`` images, served
+    with label -1 ("unknown"), is followed by ``labelled_batch_size`` images of the labelled
+    subset with their true labels, so a batch is (x [B + L, ...], y [B + L]) with y = -1 in the
+    first B rows. The labelled part does not change the number of batches. Within an epoch it is
+    read from a stream of passes over the labelled subset, each pass a permutation drawn from a
+    generator seeded with (seed, epoch, pass, rank): no image repeats within a pass, batch b takes
+    positions [b L, (b + 1) L) of that stream, and so the labelled part of a batch depends on its
+    epoch and index alone (the same in a rerun and after a mid-epoch resume). Under DDP every
+    process draws its own labelled part (the rank is in the seed) of ``labelled_batch_size``
+    images: that size is per process, unlike the global batch size of the datamodule.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
                  seed: int = 0, rank: int = 0, world_size: int = 1, even_shards: bool = False,
                  current_epoch: Callable[[], int] = lambda: 0, binarize: bool = False,
-                 batches_done: Callable[[], int] = lambda: 0):
+                 batches_done: Callable[[], int] = lambda: 0, labelled: torch.Tensor | None = None,
+                 labelled_batch_size: int = 0):
+        if labelled is not None and (len(labelled) == 0 or labelled_batch_size < 1):
+            raise ValueError(f"a labelled part needs labelled images and labelled_batch_size >= 1, "
+                             f"got {len(labelled)} images and {labelled_batch_size}")
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -47,6 +63,8 @@ class DeviceBatches:
         self.current_epoch = current_epoch
         self.binarize = binarize
         self.batches_done = batches_done
+        self.labelled = labelled
+        self.labelled_batch_size = labelled_batch_size
         self._resume_at: dict[str, int] | None = None
 
     def _shard_size(self) -> int:
@@ -83,13 +101,47 @@ class DeviceBatches:
 
     def _binarized(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
         generator = torch.Generator(device=x.device)
-        generator.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + batch) * 1_009 + self.rank)
+        generator.manual_seed(_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + batch) * 1_009 + self.rank))
         return torch.bernoulli(x, generator=generator)
+
+    def _labelled_pass(self, epoch: int, index: int) -> torch.Tensor:
+        """Pass ``index`` of this epoch over the labelled subset: a permutation of its positions."""
+        device = self.labelled.device
+        generator = torch.Generator(device=device)
+        mixed = ((self.seed * 1_000_003 + epoch) * 1_000_003 + index) * 1_009 + self.rank
+        generator.manual_seed(_seed(mixed * 7 + 3))  # * 7 + 3: not the seed of a batch's binarization draws
+        return torch.randperm(len(self.labelled), generator=generator, device=device)
+
+    def _labelled_part(self, epoch: int, batch: int, passes: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Indices into ``images`` of the labelled part of a batch: positions [b L, (b + 1) L) of the
+        epoch's stream of passes (``passes`` caches the permutations drawn so far in this iteration)."""
+        m, size = len(self.labelled), self.labelled_batch_size
+        start, stop = batch * size, (batch + 1) * size
+        for old in [p for p in passes if p < start // m]:
+            del passes[old]
+        parts = []
+        for index in range(start // m, (stop - 1) // m + 1):
+            if index not in passes:
+                passes[index] = self._labelled_pass(epoch, index)
+            parts.append(passes[index][max(start - index * m, 0) : min(stop - index * m, m)])
+        return self.labelled[torch.cat(parts)]
 
     def __iter__(self):
         epoch = self.current_epoch()
         order = self._order(epoch)
+        passes: dict[int, torch.Tensor] = {}
         for batch in range(self._first_batch(epoch), len(self)):
             idx = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            y = self.labels[idx]
+            if self.labelled is not None:
+                extra = self._labelled_part(epoch, batch, passes)
+                idx = torch.cat([idx, extra])
+                y = torch.cat([torch.full_like(y, -1), self.labels[extra]])
             x = self.images[idx].float().div_(255.0)
-            yield (self._binarized(x, epoch, batch) if self.binarize else x), self.labels[idx]
+            yield (self._binarized(x, epoch, batch) if self.binarize else x), y
+
+
+def _seed(value: int) -> int:
+    """A generator seed from a mixed integer: torch takes 64 bits (a negative seed as its two's
+    complement, so this changes no seed that torch accepts as it is)."""
+    return value % (1 << 64)

@@ -1,8 +1,11 @@
 """Encoders and decoders, one module per architecture family.
 
-Every encoder maps images [B, C, H, W] to [B, 2 * latent_dim] (the mean and raw
-log-variance of q(z|x)); every decoder maps latents [B, latent_dim] to
-likelihood parameters [B, out_channels, H, W].
+Every encoder maps images [B, C, H, W] to [B, 2 * latent_dim + extra_outputs] (the mean and
+raw log-variance of q(z|x), then what a flow posterior reads as its context); every decoder
+maps latents [B, latent_dim] to likelihood parameters [B, out_channels, H, W].
+
+Conditional models (``model.conditional=true``) give both a one-hot label y [B, cond_dim]: the
+encoder's output layer sees [features(x), y], the decoder's input is [z, y].
 """
 
 from __future__ import annotations
@@ -44,3 +47,8 @@ class ShapeCheck(nn.Module):
                 "make data.shape match the dataset (use the data= config group)"
             )
         return x
+
+
+def with_condition(features: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """[features, y] for a conditional net (y one-hot [B, cond_dim]), the features alone otherwise."""
+    return features if y is None else torch.cat([features, y.to(features.dtype)], dim=-1)

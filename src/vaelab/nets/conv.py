@@ -7,13 +7,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vaelab.nets import ShapeCheck, checked_shape
+from vaelab.nets import ShapeCheck, checked_shape, with_condition
 
 
 class ConvEncoder(nn.Module):
-    """len(channels) stride-2 convolutions, then a hidden linear layer to 2 * latent_dim."""
+    """len(channels) stride-2 convolutions, a hidden linear layer, then the output layer."""
 
-    def __init__(self, shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), hidden: int = 256):
+    def __init__(self, shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), hidden: int = 256,
+                 extra_outputs: int = 0, cond_dim: int = 0):
         super().__init__()
         factor = 2 ** len(channels)
         c, h, w = checked_shape(shape, latent_dim, factor)
@@ -21,24 +22,25 @@ class ConvEncoder(nn.Module):
         for c_in, c_out in zip([c, *channels[:-1]], channels, strict=True):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         flat = channels[-1] * (h // factor) * (w // factor)
-        layers += [nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim)]
-        self.net = nn.Sequential(*layers)
+        layers += [nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden + cond_dim, 2 * latent_dim + extra_outputs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(with_condition(self.body(x), y))
 
 
 class ConvDecoder(nn.Module):
     """The mirror image of ConvEncoder, with transposed convolutions."""
 
     def __init__(self, shape: Sequence[int], latent_dim: int, out_channels: int,
-                 channels: Sequence[int] = (32, 64), hidden: int = 256):
+                 channels: Sequence[int] = (32, 64), hidden: int = 256, cond_dim: int = 0):
         super().__init__()
         factor = 2 ** len(channels)
         _, h, w = checked_shape(shape, latent_dim, factor)
         top = (channels[-1], h // factor, w // factor)
         layers: list[nn.Module] = [
-            nn.Linear(latent_dim, hidden), nn.ReLU(),
+            nn.Linear(latent_dim + cond_dim, hidden), nn.ReLU(),
             nn.Linear(hidden, top[0] * top[1] * top[2]), nn.ReLU(), nn.Unflatten(1, top),
         ]
         widths = list(reversed(channels))
@@ -47,5 +49,5 @@ class ConvDecoder(nn.Module):
         layers.append(nn.ConvTranspose2d(widths[-1], out_channels, 4, stride=2, padding=1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(with_condition(z, y))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vaelab.nets import ShapeCheck, checked_shape
+from vaelab.nets import ShapeCheck, checked_shape, with_condition
 
 
 def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
@@ -19,24 +19,40 @@ def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (400,)):
+    def __init__(self, shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (400,),
+                 extra_outputs: int = 0, cond_dim: int = 0):
         super().__init__()
         c, h, w = checked_shape(shape, latent_dim)
         sizes = [c * h * w, *hidden]
-        self.net = nn.Sequential(ShapeCheck(shape), nn.Flatten(), *_mlp(sizes), nn.Linear(sizes[-1], 2 * latent_dim))
+        self.body = nn.Sequential(ShapeCheck(shape), nn.Flatten(), *_mlp(sizes))
+        self.head = nn.Linear(sizes[-1] + cond_dim, 2 * latent_dim + extra_outputs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(with_condition(self.body(x), y))
 
 
 class MLPDecoder(nn.Module):
-    def __init__(self, shape: Sequence[int], latent_dim: int, out_channels: int, hidden: Sequence[int] = (400,)):
+    def __init__(self, shape: Sequence[int], latent_dim: int, out_channels: int, hidden: Sequence[int] = (400,),
+                 cond_dim: int = 0):
         super().__init__()
         _, h, w = checked_shape(shape, latent_dim)
-        sizes = [latent_dim, *hidden]
+        sizes = [latent_dim + cond_dim, *hidden]
         self.net = nn.Sequential(
             *_mlp(sizes), nn.Linear(sizes[-1], out_channels * h * w), nn.Unflatten(1, (out_channels, h, w))
         )
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(with_condition(z, y))
+
+
+class MLPClassifier(nn.Module):
+    """Logits [B, num_classes] of q(y|x): the classifier of the semi-supervised M2 model."""
+
+    def __init__(self, shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (500,)):
+        super().__init__()
+        c, h, w = checked_shape(shape, 1)
+        sizes = [c * h * w, *hidden]
+        self.net = nn.Sequential(ShapeCheck(shape), nn.Flatten(), *_mlp(sizes), nn.Linear(sizes[-1], num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

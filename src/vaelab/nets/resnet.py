@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vaelab.nets import ShapeCheck, checked_shape
+from vaelab.nets import ShapeCheck, checked_shape, with_condition
 
 
 class ResidualBlock(nn.Module):
@@ -31,7 +31,8 @@ class ResidualBlock(nn.Module):
 
 
 class ResNetEncoder(nn.Module):
-    def __init__(self, shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (64, 128), blocks: int = 2):
+    def __init__(self, shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (64, 128), blocks: int = 2,
+                 extra_outputs: int = 0, cond_dim: int = 0):
         super().__init__()
         factor = 2 ** len(channels)
         c, h, w = checked_shape(shape, latent_dim, factor)
@@ -40,21 +41,22 @@ class ResNetEncoder(nn.Module):
             layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1))
             layers += [ResidualBlock(c_out) for _ in range(blocks)]
         flat = channels[-1] * (h // factor) * (w // factor)
-        layers += [nn.SiLU(), nn.Flatten(), nn.Linear(flat, 2 * latent_dim)]
-        self.net = nn.Sequential(*layers)
+        layers += [nn.SiLU(), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(flat + cond_dim, 2 * latent_dim + extra_outputs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(with_condition(self.body(x), y))
 
 
 class ResNetDecoder(nn.Module):
     def __init__(self, shape: Sequence[int], latent_dim: int, out_channels: int,
-                 channels: Sequence[int] = (64, 128), blocks: int = 2):
+                 channels: Sequence[int] = (64, 128), blocks: int = 2, cond_dim: int = 0):
         super().__init__()
         factor = 2 ** len(channels)
         _, h, w = checked_shape(shape, latent_dim, factor)
         top = (channels[-1], h // factor, w // factor)
-        layers: list[nn.Module] = [nn.Linear(latent_dim, top[0] * top[1] * top[2]), nn.Unflatten(1, top)]
+        layers: list[nn.Module] = [nn.Linear(latent_dim + cond_dim, top[0] * top[1] * top[2]), nn.Unflatten(1, top)]
         widths = list(reversed(channels))
         for c_in, c_out in zip(widths, [*widths[1:], widths[-1]], strict=True):
             layers += [ResidualBlock(c_in) for _ in range(blocks)]
@@ -62,5 +64,5 @@ class ResNetDecoder(nn.Module):
         layers += [nn.SiLU(), nn.Conv2d(widths[-1], out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(with_condition(z, y))

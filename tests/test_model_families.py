@@ -1,0 +1,194 @@
+"""The model families beyond the vanilla VAE, inside the one VAEModule: flow posteriors, mixture
+and VampPrior priors, the conditional VAE, semi-supervised M2 and the two-layer ladder model.
+
+The exactness checks use a linear-Gaussian decoder, x = W z + b + sigma * noise, whose marginal
+p(x) is known in closed form for a Gaussian or mixture prior: the IWAE estimate with many samples
+must converge to it, which it does only if log q(z|x) (flow log-determinants included) and
+log p(z) enter the importance weights correctly."""
+
+import math
+
+import pytest
+import torch
+from test_likelihood_eval import SIGMA, linear_gaussian_vae
+from test_maths import tiny_config
+from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+
+from vaelab.errors import ConfigError
+from vaelab.module import VAEModule
+from vaelab.objectives import M2
+from vaelab.posteriors import DiagonalGaussian
+
+W = torch.tensor([[1.0, 0.5], [-0.3, 0.8], [0.6, -0.7], [0.2, 0.4]], dtype=torch.double)
+B = torch.tensor([0.1, -0.2, 0.3, 0.0], dtype=torch.double)
+
+
+def gaussian_mixture_marginal(weights, means, covariances) -> MixtureSameFamily:
+    """p(x) for z ~ sum_k w_k N(m_k, S_k) and x = W z + b + sigma * noise."""
+    eye = torch.eye(4, dtype=torch.double)
+    return MixtureSameFamily(
+        Categorical(probs=weights),
+        MultivariateNormal(means @ W.T + B, W @ covariances @ W.T + SIGMA**2 * eye),
+    )
+
+
+def iwae_gap(model, exact, k=5000, n=20) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    x = exact.sample((n,))
+    return model.iwae_log_likelihood(x.view(n, 1, 2, 2), k, chunk=5000), exact.log_prob(x)
+
+
+@pytest.mark.parametrize("posterior", [
+    {"_target_": "vaelab.posteriors.IAFPosterior", "latent_dim": 2, "steps": 2, "hidden": 16, "forget_bias": 2.0},
+    {"_target_": "vaelab.posteriors.PlanarPosterior", "latent_dim": 2, "steps": 4},
+])
+def test_iwae_with_a_flow_posterior_converges_to_the_exact_log_likelihood(posterior):
+    """(The untrained flows are kept near enough to the Gaussian for q to stay a good proposal.)"""
+    model, exact = linear_gaussian_vae(posterior=posterior)
+    if "Planar" in posterior["_target_"]:
+        with torch.no_grad():  # each step's (u, w, b), the same for every image: small u, unit-size w
+            model.encoder.head.weight[4:] = 0.0
+            model.encoder.head.bias[4:] = torch.cat([torch.cat([0.25 * torch.randn(2), torch.randn(2), 0.1 * torch.randn(1)])
+                                                     for _ in range(4)])
+    iwae, log_px = iwae_gap(model, exact, k=100_000)
+    torch.testing.assert_close(iwae, log_px, atol=0.05, rtol=0)
+    # the flow's log-determinants are far from zero, so leaving them out would miss by far more
+    x = exact.sample((50,)).view(50, 1, 2, 2)
+    h = model.encode(x)
+    base = DiagonalGaussian.from_encoder_output(h[:, :4])
+    eps = torch.randn(100, 50, 2, dtype=torch.double)
+    _, log_q = model.flow(base, h[:, 4:], eps)
+    assert (base.log_prob(base.sample_from_noise(eps)) - log_q).abs().mean() > 0.1
+
+
+def test_iwae_with_a_mixture_prior_converges_to_the_mixture_marginal():
+    prior = {"_target_": "vaelab.priors.MixtureOfGaussians", "latent_dim": 2, "components": 3}
+    model, _ = linear_gaussian_vae(prior=prior)
+    with torch.no_grad():
+        model.prior.means.copy_(torch.tensor([[-1.5, 0.0], [1.0, 1.0], [0.5, -1.0]]))
+        model.prior.raw_logvar.copy_(torch.tensor([[-1.0, 0.0], [0.0, -0.5], [-0.5, -0.5]]))
+        model.prior.logits.copy_(torch.tensor([0.0, 0.5, -0.5]))
+    p = model.prior
+    exact = gaussian_mixture_marginal(torch.softmax(p.logits, 0), p.means, torch.diag_embed(p.logvar.exp()))
+    iwae, log_px = iwae_gap(model, exact)
+    torch.testing.assert_close(iwae, log_px.detach(), atol=0.05, rtol=0)
+
+
+def test_iwae_with_a_vampprior_converges_to_its_marginal():
+    prior = {"_target_": "vaelab.priors.VampPrior", "shape": [1, 2, 2], "latent_dim": 2, "components": 3}
+    model, _ = linear_gaussian_vae(prior=prior)
+    with torch.no_grad():
+        model.prior.raw_pseudo_inputs.copy_(torch.rand(3, 1, 2, 2, dtype=torch.double))
+        components = model.gaussian_posterior(model.prior.pseudo_inputs)  # p(z) = mean_k q(z | u_k)
+    exact = gaussian_mixture_marginal(torch.full((3,), 1 / 3, dtype=torch.double), components.mu,
+                                      torch.diag_embed(components.logvar.exp()))
+    iwae, log_px = iwae_gap(model, exact)
+    torch.testing.assert_close(iwae, log_px, atol=0.05, rtol=0)
+
+
+def test_a_richer_prior_or_posterior_uses_the_monte_carlo_kl():
+    torch.manual_seed(0)
+    config = tiny_config()
+    config["prior"] = {"_target_": "vaelab.priors.MixtureOfGaussians", "latent_dim": 3, "components": 4}
+    model = VAEModule(config)
+    sample, _ = model.sample_terms(torch.rand(5, 1, 4, 4), 7)
+    assert sample.kl_per_dim is None
+    torch.testing.assert_close(sample.kl, (sample.log_q - sample.log_p).mean(0))
+    plain, _ = VAEModule(tiny_config()).sample_terms(torch.rand(5, 1, 4, 4), 7)
+    torch.testing.assert_close(plain.kl, plain.base.kl_standard_normal())  # closed form where it exists
+
+
+def test_m2_terms_match_a_hand_computation():
+    torch.manual_seed(0)
+    recon, kl, logits = torch.rand(3, 4) * 100, torch.rand(3, 4) * 10, torch.randn(3, 4)
+    labels = torch.tensor([2, -1, -1])
+    terms = M2(alpha=7.0)(recon, kl, logits, labels)
+    q = torch.softmax(logits, -1)
+    labelled = recon[0, 2] + kl[0, 2] + math.log(4)  # L(x, y) = -log p(x|y,z) + KL - log p(y)
+    unlabelled = [(q[i] * (recon[i] + kl[i] + math.log(4))).sum() + (q[i] * q[i].log()).sum() for i in (1, 2)]
+    ce = -math.log(q[0, 2])
+    expected = (labelled + sum(unlabelled)) / 3 + 7.0 * ce
+    torch.testing.assert_close(terms.loss, expected)
+    torch.testing.assert_close(terms.nelbo, (labelled + sum(unlabelled)) / 3)
+    torch.testing.assert_close(terms.extra["classifier_ce"], torch.tensor(ce, dtype=torch.float32))
+    # the unlabelled bound U(x) is the label-marginal: it lies above min_y L(x, y) - log K ... and
+    # equals L(x, y) when q(y|x) puts all mass on y
+    certain = torch.full((1, 4), -1e4)
+    certain[0, 1] = 1e4
+    one = M2()(recon[:1], kl[:1], certain, torch.tensor([-1]))
+    torch.testing.assert_close(one.nelbo, recon[0, 1] + kl[0, 1] + math.log(4))
+
+
+def m2_config():
+    config = tiny_config()
+    config["model"]["conditional"] = True
+    config["model"]["classifier"] = {"_target_": "vaelab.nets.mlp.MLPClassifier", "shape": [1, 4, 4],
+                                     "num_classes": 10, "hidden": [8]}
+    config["objective"] = {"_target_": "vaelab.objectives.M2", "alpha": 5.0}
+    return config
+
+
+def test_m2_runs_the_conditional_model_once_per_class():
+    torch.manual_seed(0)
+    model = VAEModule(m2_config())
+    x = torch.rand(4, 1, 4, 4)
+    with torch.random.fork_rng():
+        recon, kl = model.per_class_terms(x)
+    eps = torch.randn(1, 40, 3)  # the noise per_class_terms drew, class by class
+    for c in (0, 3, 9):
+        y = torch.full((4,), c)
+        q = model.gaussian_posterior(x, y)
+        torch.testing.assert_close(kl[:, c], q.kl_standard_normal())
+        z = q.sample_from_noise(eps[:, 4 * c : 4 * (c + 1)])
+        torch.testing.assert_close(recon[:, c], -model._log_px_given(z, x, y)[0])
+    loss = model.terms(x, torch.tensor([3, -1, -1, 5])).loss
+    loss.backward()
+    assert model.classifier.net[-1].weight.grad.abs().sum() > 0  # the classifier learns from the loss
+
+
+def test_conditional_decoder_output_changes_with_the_label_and_nothing_else():
+    torch.manual_seed(0)
+    config = tiny_config()
+    config["model"]["conditional"] = True
+    model = VAEModule(config)
+    z = torch.randn(5, 3)
+    y = torch.tensor([0, 1, 2, 3, 4])
+    torch.testing.assert_close(model.decode_mean(z, y), model.decode_mean(z, y))
+    other = model.decode_mean(z, (y + 1) % 10)
+    assert ((model.decode_mean(z, y) - other).abs().amax((1, 2, 3)) > 1e-4).all()
+    with pytest.raises(ConfigError, match="conditional model"):
+        model.decode_mean(z)
+
+
+def test_incompatible_families_are_refused_clearly():
+    config = tiny_config()
+    config["objective"] = {"_target_": "vaelab.objectives.BetaTC"}
+    config["posterior"] = {"_target_": "vaelab.posteriors.PlanarPosterior", "latent_dim": 3}
+    with pytest.raises(ConfigError, match="objective=beta_tc needs posterior=gaussian"):
+        VAEModule(config)
+    config = m2_config()
+    config["model"]["conditional"] = False
+    with pytest.raises(ConfigError, match="objective=m2 needs model.conditional=true"):
+        VAEModule(config)
+    config = tiny_config()
+    config["data"]["labels_per_class"] = 10
+    with pytest.raises(ConfigError, match="only objective=m2"):
+        VAEModule(config)
+
+
+def test_the_ladder_model_reports_both_layer_kls_and_bounds_log_px():
+    torch.manual_seed(0)
+    config = tiny_config()
+    config["model"]["ladder"] = {"_target_": "vaelab.nets.ladder.LadderLatents", "latent_dim": 3, "top_dim": 2,
+                                 "hidden": 8}
+    model = VAEModule(config)
+    x = torch.bernoulli(torch.rand(6, 1, 4, 4))
+    terms = model.terms(x)
+    assert set(terms.extra) == {"kl_z1", "kl_z2"}
+    assert all(torch.isfinite(v) and v >= 0 for v in terms.extra.values())
+    torch.testing.assert_close(terms.kl, terms.extra["kl_z1"] + terms.extra["kl_z2"])
+    with torch.no_grad():
+        nelbo = torch.stack([model.nelbo_per_image(x, None) for _ in range(200)]).mean(0)
+        bounds = [-model.iwae_log_likelihood(x, k, chunk=500) for k in (1, 50, 2000)]
+    assert (bounds[2] < nelbo).all() and bounds[2].mean() < bounds[1].mean()
+    assert bounds[0].mean().item() == pytest.approx(nelbo.mean().item(), rel=0.05)  # k = 1 is the ELBO
