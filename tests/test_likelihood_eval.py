@@ -11,7 +11,12 @@ from vaelab.anomaly import auroc
 from vaelab.errors import ConfigError
 from vaelab.latents import LatentSample
 from vaelab.likelihoods import DiscretizedLogistic
-from vaelab.metrics import active_units, bits_per_dim, kl_per_dimension, mutual_information
+from vaelab.metrics import (
+    active_units,
+    bits_per_dim,
+    kl_per_dimension,
+    mutual_information,
+)
 from vaelab.module import VAEModule
 from vaelab.objectives import IWAE, BetaTC, log_importance_weights
 from vaelab.posteriors import DiagonalGaussian

@@ -16,17 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid
 
 from vaelab import anomaly
+from vaelab.data.device_loader import DeviceBatches
 from vaelab.entry import log, pin_run_dir, task_wrapper
 from vaelab.errors import ConfigError, VaelabError, instantiate
 from vaelab.files import save_image_atomic, write_json_atomic
-from vaelab.data.device_loader import DeviceBatches
 from vaelab.module import VAEModule
 from vaelab.samplers import PriorSampler
 

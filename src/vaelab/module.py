@@ -1,9 +1,15 @@
-"""The LightningModule: encoder, decoder, likelihood and objective of one VAE.
+"""The LightningModule: encoder, latents, decoder, likelihood and objective of one VAE.
 
-It is built from the run's resolved config (``model``, ``likelihood``, ``objective``,
-``kl_schedule``, ``optimizer``, ``scheduler``, ``compile``, ``eval`` and ``data.shape``),
-which is saved in every checkpoint, so ``VAEModule.load_from_checkpoint(path)`` rebuilds the
-same model with no other file.
+It is built from the run's resolved config (``model``, ``posterior``, ``prior``,
+``likelihood``, ``objective``, ``kl_schedule``, ``optimizer``, ``scheduler``, ``compile``,
+``eval`` and ``data``), which is saved in every checkpoint, so
+``VAEModule.load_from_checkpoint(path)`` rebuilds the same model with no other file.
+
+The model families are parts of this one module: the posterior family (Gaussian or a flow on
+it), the prior (normal, mixture, VampPrior), a two-layer ladder (``model.ladder``), label
+conditioning (``model.conditional``) and the M2 classifier (``model.classifier`` with
+``objective=m2``). Each pass through the latents yields a ``LatentSample``, which is all the
+objectives and the IWAE evaluation read.
 
 The training step never waits for the device: the terms are accumulated on the device
 (``metrics.TermMeans``) and read at epoch end; per-step values are logged only every
@@ -12,8 +18,9 @@ too. With ``compile`` on, the deterministic part of the step (encoder, decoder a
 likelihood, given the noise eps) goes through ``torch.compile``; the eager path computes
 exactly the same function.
 
-Validation and test report the true ELBO (``nelbo = recon + kl``, beta = 1, one sample)
-whatever the training objective, and the latent diagnostics (KL per dimension, active units,
+Validation and test report the true ELBO (``nelbo = recon + kl``, beta = 1, one sample; of
+log p(x|y) for a conditional model, of log p(x) with the label marginalized for M2) whatever the
+training objective, and the latent diagnostics (KL per dimension, active units,
 mutual information). The test also estimates log p(x) with ``eval.iw_samples`` importance
 samples (``test/nll_iw``) and, for discrete likelihoods, bits per dimension (``test/bpd``).
 """
@@ -31,8 +38,14 @@ from torch import nn
 from torchmetrics import CatMetric
 
 from vaelab.errors import ConfigError, VaelabError, instantiate
-from vaelab.metrics import TermMeans, active_units, bits_per_dim, kl_per_dimension, mutual_information
 from vaelab.latents import LatentSample
+from vaelab.metrics import (
+    TermMeans,
+    active_units,
+    bits_per_dim,
+    kl_per_dimension,
+    mutual_information,
+)
 from vaelab.nets import checked_shape
 from vaelab.objectives import ELBO, M2, Terms, log_importance_weights
 from vaelab.posteriors import DiagonalGaussian

@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-
 import torch.nn.functional as F
 
 from vaelab.errors import ConfigError
