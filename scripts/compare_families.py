@@ -18,11 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-FAMILIES = {
-    "plain VAE": [],
-    "IAF posterior": ["posterior=iaf"],
-    "VampPrior": ["prior=vamp"],
-    "two-layer (ladder)": ["model=hierarchical"],
+FAMILIES = {  # run folder name: (family, overrides)
+    "plain": ("plain VAE", []),
+    "iaf": ("IAF posterior", ["posterior=iaf"]),
+    "vamp": ("VampPrior", ["prior=vamp"]),
+    "hierarchical": ("two-layer (ladder)", ["model=hierarchical"]),
 }
 
 
@@ -33,12 +33,14 @@ def main() -> None:
     parser.add_argument("--test-batches", type=int, default=None, help="limit the test set (default: all of it)")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--out", default="outputs/compare_families")
-    parser.add_argument("overrides", nargs="*", help="more overrides for every run")
+    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    parser.add_argument("overrides", nargs="*", help="more overrides for every run (after --)")
     args = parser.parse_args()
     minutes, seconds = divmod(round(args.minutes * 60), 60)
     rows = []
-    for name, family in FAMILIES.items():
-        run = Path(args.out) / name.split()[0].lower()
+    for key in args.families:
+        name, family = FAMILIES[key]
+        run = Path(args.out) / key
         command = [
             sys.executable, "-m", "vaelab.train", "experiment=mnist_nll", *family,
             f"trainer.max_time=00:00:{minutes:02d}:{seconds:02d}", f"eval.iw_samples={args.iw_samples}",

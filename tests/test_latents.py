@@ -24,7 +24,7 @@ from vaelab.posteriors import (
     PlanarPosterior,
     planar_u_hat,
 )
-from vaelab.priors import MixtureOfGaussians, StandardNormal, VampPrior
+from vaelab.priors import MixtureOfGaussians, StandardNormal, VampPrior, mixture_log_prob
 from vaelab.samplers import GMMSampler, PriorSampler
 
 CONF = Path(vaelab.__file__).parent / "conf"
@@ -392,3 +392,15 @@ def test_every_config_option_instantiates_with_the_models_latent_size(group, opt
         assert obj.latent_dim == 6
     if option == "vamp":
         assert obj.pseudo_inputs.shape == (500, 1, 28, 28)
+
+
+def test_mixture_log_prob_in_chunks_equals_the_whole():
+    """The memory bound (a few rows of [rows, K, D] at a time) changes no value."""
+    torch.manual_seed(0)
+    z = torch.randn(7, 13, 5, dtype=torch.float64)
+    mu, logvar = torch.randn(9, 5, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64)
+    log_weights = torch.log_softmax(torch.randn(9, dtype=torch.float64), 0)
+    whole = mixture_log_prob(z, log_weights, mu, logvar)
+    torch.testing.assert_close(mixture_log_prob(z, log_weights, mu, logvar, max_elements=50), whole, rtol=0, atol=0)
+    reference = MixtureSameFamily(Categorical(logits=log_weights), Independent(Normal(mu, (0.5 * logvar).exp()), 1))
+    torch.testing.assert_close(whole, reference.log_prob(z))

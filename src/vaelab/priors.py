@@ -34,11 +34,22 @@ def _check_positive(name: str, value: int) -> None:
         raise ConfigError(f"prior.{name}={value} is invalid: it must be an integer >= 1")
 
 
-def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log sum_k w_k N(z; mu_k, diag(exp(logvar_k))): z [..., D], log_weights [K], mu and logvar [K, D] -> [...]."""
-    diff = z.unsqueeze(-2) - mu  # [..., K, D]
-    log_normal = -0.5 * (diff**2 * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)  # [..., K]
-    return torch.logsumexp(log_normal + log_weights, dim=-1)
+def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                     max_elements: int = 1 << 24) -> torch.Tensor:
+    """log sum_k w_k N(z; mu_k, diag(exp(logvar_k))): z [..., D], log_weights [K], mu and logvar [K, D] -> [...].
+
+    (z - mu_k)^2 is formed explicitly (the expanded z^2 - 2 z mu + mu^2 loses float32 precision
+    for small variances), for at most ``max_elements`` numbers [rows, K, D] at a time, so that
+    thousands of importance samples against hundreds of components fit in memory."""
+    k, d = mu.shape
+    flat = z.reshape(-1, d)
+    inv_var, log_norm = torch.exp(-logvar), -0.5 * (logvar + LOG_2PI).sum(-1) + log_weights  # [K, D], [K]
+    rows = max(1, max_elements // (k * d))
+    out = [
+        torch.logsumexp(log_norm - 0.5 * ((chunk.unsqueeze(-2) - mu) ** 2 * inv_var).sum(-1), dim=-1)
+        for chunk in flat.split(rows)
+    ]
+    return torch.cat(out).reshape(z.shape[:-1])
 
 
 def _sample_mixture(
