@@ -195,7 +195,7 @@ class CollapseEncoder(L.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         with torch.no_grad():
-            last = pl_module.encoder.net[-1]
+            last = pl_module.encoder.head
             last.weight.zero_()
             last.bias.zero_()
 
