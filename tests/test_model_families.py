@@ -192,3 +192,17 @@ def test_the_ladder_model_reports_both_layer_kls_and_bounds_log_px():
         bounds = [-model.iwae_log_likelihood(x, k, chunk=500) for k in (1, 50, 2000)]
     assert (bounds[2] < nelbo).all() and bounds[2].mean() < bounds[1].mean()
     assert bounds[0].mean().item() == pytest.approx(nelbo.mean().item(), rel=0.05)  # k = 1 is the ELBO
+
+
+def test_eval_refuses_a_sample_class_the_model_cannot_generate():
+    from vaelab.eval import check_sample_class
+
+    with pytest.raises(ConfigError, match="sample_class=3 needs a conditional model"):
+        check_sample_class(VAEModule(tiny_config()), 3)
+    config = tiny_config()
+    config["model"]["conditional"] = True
+    conditional = VAEModule(config)
+    with pytest.raises(ConfigError, match=r"sample_class=10 is not a class: choose 0..9"):
+        check_sample_class(conditional, 10)
+    check_sample_class(conditional, 9)
+    check_sample_class(VAEModule(tiny_config()), None)

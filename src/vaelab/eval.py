@@ -92,6 +92,16 @@ def training_latents(model: VAEModule, datamodule, seed: int) -> torch.Tensor:
     return torch.cat([model.posterior(x.to(model.device), y.to(model.device)).mu.float().cpu() for x, y in batches])
 
 
+def check_sample_class(model: VAEModule, sample_class: int | None) -> None:
+    if sample_class is None:
+        return
+    if not model.conditional:
+        raise ConfigError(f"sample_class={sample_class} needs a conditional model (model.conditional=true); "
+                          "this checkpoint's model is unconditional: leave sample_class=null")
+    if not 0 <= sample_class < model.num_classes:
+        raise ConfigError(f"sample_class={sample_class} is not a class: choose 0..{model.num_classes - 1}")
+
+
 @torch.no_grad()
 def sample_grids(model: VAEModule, cfg: DictConfig, datamodule) -> dict[str, tuple[torch.Tensor, int]]:
     """{sampler name: (decoded samples, images per row)} for the prior and, with sampler=gmm, the
@@ -108,8 +118,6 @@ def sample_grids(model: VAEModule, cfg: DictConfig, datamodule) -> dict[str, tup
         repeats = model.num_classes
         labels = torch.arange(model.num_classes).repeat_interleave(per_row)
     elif model.conditional:
-        if not 0 <= cfg.sample_class < model.num_classes:
-            raise ConfigError(f"sample_class={cfg.sample_class} is not a class: choose 0..{model.num_classes - 1}")
         labels = torch.full((draws,), int(cfg.sample_class))
     y = None if labels is None else labels.to(model.device)
     return {
@@ -123,6 +131,7 @@ def evaluate(cfg: DictConfig) -> dict:
     pin_run_dir()
     L.seed_everything(cfg.seed, workers=True)
     model = load_checkpoint(cfg.ckpt_path)
+    check_sample_class(model, cfg.sample_class)
     model.iw_samples, model.iw_chunk = int(cfg.eval.iw_samples), int(cfg.eval.iw_chunk)
     datamodule = datamodule_for(model, cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
