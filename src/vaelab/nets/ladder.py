@@ -16,7 +16,7 @@ of layer 1; an MLP on h gives those of layer 2, d2 = (mu_d2, raw logvar_d2). The
         sigma_q^2 = 1 / (sigma_d1^-2 + sigma_p^-2)
         mu_q = sigma_q^2 * (mu_d1 sigma_d1^-2 + mu_p sigma_p^-2).
 
-Every raw log-variance goes through ``bound_logvar``.
+Every raw log-variance goes through ``bound_logvar`` (``DiagonalGaussian.from_encoder_output``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from torch import nn
 
 from vaelab.errors import ConfigError
 from vaelab.latents import LatentSample
-from vaelab.posteriors import DiagonalGaussian, bound_logvar
+from vaelab.posteriors import DiagonalGaussian
+from vaelab.priors import standard_normal_log_prob
 
 
 def diagonal_gaussian_kl(q: DiagonalGaussian, p: DiagonalGaussian) -> torch.Tensor:
@@ -52,12 +53,6 @@ def precision_weighted(bottom_up: DiagonalGaussian, top_down: DiagonalGaussian) 
     logvar = -torch.logaddexp(-bottom_up.logvar, -top_down.logvar)
     w = torch.sigmoid(top_down.logvar - bottom_up.logvar)
     return DiagonalGaussian(w * bottom_up.mu + (1.0 - w) * top_down.mu, logvar)
-
-
-def _gaussian_head(params: torch.Tensor) -> DiagonalGaussian:
-    """Split [..., 2*D] into mu and a bounded log-variance."""
-    mu, raw_logvar = params.chunk(2, dim=-1)
-    return DiagonalGaussian(mu, bound_logvar(raw_logvar, DiagonalGaussian.LOGVAR_MIN, DiagonalGaussian.LOGVAR_MAX))
 
 
 def _two_layer_mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -111,16 +106,16 @@ class LadderLatents(nn.Module):
     def bottom_up(self, h: torch.Tensor) -> DiagonalGaussian:
         """(mu_d1, sigma_d1^2) of layer 1, straight from the encoder output [B, D1]."""
         self._check_h(h)
-        return _gaussian_head(h)
+        return DiagonalGaussian.from_encoder_output(h)
 
     def top_posterior(self, h: torch.Tensor) -> DiagonalGaussian:
         """q(z2|x) = N(mu_d2, sigma_d2^2) with (mu_d2, raw logvar_d2) = MLP(h), [B, D2]."""
         self._check_h(h)
-        return _gaussian_head(self.bottom_up_net(h))
+        return DiagonalGaussian.from_encoder_output(self.bottom_up_net(h))
 
     def conditional_prior(self, z2: torch.Tensor) -> DiagonalGaussian:
         """p(z1|z2) = N(mu_p(z2), sigma_p^2(z2)): [..., D2] -> [..., D1]."""
-        return _gaussian_head(self.top_down_net(z2))
+        return DiagonalGaussian.from_encoder_output(self.top_down_net(z2))
 
     def layers(self, h: torch.Tensor, eps: torch.Tensor) -> LadderLayers:
         """One reparameterized pass: z2 = mu_d2 + sigma_d2 eps2, then z1 = mu_q + sigma_q eps1."""
@@ -140,9 +135,8 @@ class LadderLatents(nn.Module):
         log q = log q(z2|x) + log q(z1|x, z2), log p = log N(z2; 0, I) + log p(z1|z2)  [S, B];
         layer_kl: "z1" = mean_s KL(q(z1|x, z2_s) || p(z1|z2_s)), "z2" = KL(q(z2|x) || N(0, I))  [B]."""
         t = self.layers(h, eps)
-        std_normal = DiagonalGaussian(torch.zeros_like(t.z2), torch.zeros_like(t.z2))
         log_q = t.q_z2.log_prob(t.z2) + t.q_z1.log_prob(t.z1)
-        log_p = std_normal.log_prob(t.z2) + t.p_z1.log_prob(t.z1)
+        log_p = standard_normal_log_prob(t.z2) + t.p_z1.log_prob(t.z1)
         layer_kl = {"z1": diagonal_gaussian_kl(t.q_z1, t.p_z1).mean(0), "z2": t.q_z2.kl_standard_normal()}
         return LatentSample(z=t.z1, log_q=log_q, log_p=log_p, base=self.mean_posterior(h), layer_kl=layer_kl)
 
