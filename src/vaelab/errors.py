@@ -13,6 +13,12 @@ class DataError(VaelabError):
     """A dataset is missing, truncated or corrupt."""
 
 
+def check_integer(key: str, value, minimum: int = 1) -> None:
+    """Stop with one line unless the setting ``key`` is an integer >= ``minimum``."""
+    if int(value) != value or value < minimum:
+        raise ConfigError(f"{key}={value} is invalid: it must be an integer >= {minimum}")
+
+
 def instantiate(config, *args, **kwargs):
     """``hydra.utils.instantiate`` that lets a VaelabError raised by the target come out as itself
     instead of wrapped in Hydra's InstantiationException, so the user gets its one clear line."""

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from vaelab.errors import ConfigError
+from vaelab.errors import check_integer
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -70,11 +70,6 @@ class DiagonalGaussian:
     def kl_standard_normal(self) -> torch.Tensor:
         """KL(q || N(0, I)) summed over latent dimensions: [B]."""
         return self.kl_standard_normal_per_dim().sum(-1)
-
-
-def _check_positive(name: str, value: int, minimum: int = 1) -> None:
-    if int(value) != value or value < minimum:
-        raise ConfigError(f"posterior.{name}={value} is invalid: it must be an integer >= {minimum}")
 
 
 def _check_context(posterior: torch.nn.Module, context: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -185,11 +180,11 @@ class IAFPosterior(torch.nn.Module):
         self, latent_dim: int, steps: int = 2, hidden: int = 256, context: int | None = None, forget_bias: float = 1.0
     ):
         super().__init__()
-        _check_positive("latent_dim", latent_dim)
-        _check_positive("steps", steps)
-        _check_positive("hidden", hidden)
+        check_integer("posterior.latent_dim", latent_dim)
+        check_integer("posterior.steps", steps)
+        check_integer("posterior.hidden", hidden)
         context = 2 * latent_dim if context is None else context
-        _check_positive("context", context, minimum=0)
+        check_integer("posterior.context", context, minimum=0)
         self.latent_dim = latent_dim
         self.context_dim = int(context)
         order = torch.arange(1, latent_dim + 1)
@@ -236,8 +231,8 @@ class PlanarPosterior(torch.nn.Module):
 
     def __init__(self, latent_dim: int, steps: int = 8):
         super().__init__()
-        _check_positive("latent_dim", latent_dim)
-        _check_positive("steps", steps)
+        check_integer("posterior.latent_dim", latent_dim)
+        check_integer("posterior.steps", steps)
         self.latent_dim = latent_dim
         self.num_steps = steps
         self.context_dim = steps * (2 * latent_dim + 1)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from vaelab.errors import ConfigError
+from vaelab.errors import ConfigError, check_integer
 from vaelab.posteriors import LOG_2PI, DiagonalGaussian
 
 Encode = Callable[[torch.Tensor], DiagonalGaussian]
@@ -27,11 +27,6 @@ Encode = Callable[[torch.Tensor], DiagonalGaussian]
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over the last dimension."""
     return -0.5 * (z**2 + LOG_2PI).sum(-1)
-
-
-def _check_positive(name: str, value: int) -> None:
-    if int(value) != value or value < 1:
-        raise ConfigError(f"prior.{name}={value} is invalid: it must be an integer >= 1")
 
 
 def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
@@ -69,7 +64,7 @@ class StandardNormal(torch.nn.Module):
 
     def __init__(self, latent_dim: int):
         super().__init__()
-        _check_positive("latent_dim", latent_dim)
+        check_integer("prior.latent_dim", latent_dim)
         self.latent_dim = latent_dim
         # no parameters: an empty buffer tells which device and dtype samples go to
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
@@ -97,8 +92,8 @@ class MixtureOfGaussians(torch.nn.Module):
 
     def __init__(self, latent_dim: int, components: int = 10, init_scale: float = 1.0, init_logvar: float = 0.0):
         super().__init__()
-        _check_positive("latent_dim", latent_dim)
-        _check_positive("components", components)
+        check_integer("prior.latent_dim", latent_dim)
+        check_integer("prior.components", components)
         if not init_scale >= 0:
             raise ConfigError(f"prior.init_scale={init_scale} is invalid: the spread of the initial means must be >= 0")
         self.latent_dim = latent_dim
@@ -134,8 +129,8 @@ class VampPrior(torch.nn.Module):
         self, shape, latent_dim: int, components: int = 500, init_mean: float = 0.05, init_std: float = 0.01
     ):
         super().__init__()
-        _check_positive("latent_dim", latent_dim)
-        _check_positive("components", components)
+        check_integer("prior.latent_dim", latent_dim)
+        check_integer("prior.components", components)
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1:
             raise ConfigError(f"prior.shape={list(shape)} is invalid: it must be the images' [C, H, W] (data.shape)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from vaelab.errors import ConfigError
+from vaelab.errors import ConfigError, check_integer
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -51,14 +51,12 @@ class GMMSampler:
         max_iter: int = 200,
         reg_covar: float = 1e-6,
     ):
-        if int(components) != components or components < 1:
-            raise ConfigError(f"sampler.components={components} is invalid: it must be an integer >= 1")
+        check_integer("sampler.components", components)
         if covariance_type not in COVARIANCE_TYPES:
             raise ConfigError(
                 f"sampler.covariance_type={covariance_type} is unknown: choose one of {', '.join(COVARIANCE_TYPES)}"
             )
-        if int(max_iter) != max_iter or max_iter < 1:
-            raise ConfigError(f"sampler.max_iter={max_iter} is invalid: it must be an integer >= 1")
+        check_integer("sampler.max_iter", max_iter)
         if not reg_covar >= 0:
             raise ConfigError(f"sampler.reg_covar={reg_covar} is invalid: it must be >= 0")
         self.components = int(components)
