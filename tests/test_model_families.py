@@ -158,6 +158,8 @@ def test_conditional_decoder_output_changes_with_the_label_and_nothing_else():
     assert ((model.decode_mean(z, y) - other).abs().amax((1, 2, 3)) > 1e-4).all()
     with pytest.raises(ConfigError, match="conditional model"):
         model.decode_mean(z)
+    rows = model.decode_class_rows(z).view(10, 5, 1, 4, 4)  # one row per class, the same z down each column
+    torch.testing.assert_close(rows[7], model.decode_mean(z, torch.full((5,), 7)))
 
 
 def test_incompatible_families_are_refused_clearly():

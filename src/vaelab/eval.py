@@ -112,19 +112,17 @@ def sample_grids(model: VAEModule, cfg: DictConfig, datamodule) -> dict[str, tup
     if chosen.needs_fit:
         chosen.fit(training_latents(model, datamodule, cfg.seed))
         samplers[HydraConfig.get().runtime.choices.sampler] = chosen
-    draws, per_row, repeats, labels = cfg.num_samples, 8, 1, None
-    if model.conditional and cfg.sample_class is None:
-        draws = per_row = max(1, cfg.num_samples // model.num_classes)
-        repeats = model.num_classes
-        labels = torch.arange(model.num_classes).repeat_interleave(per_row)
-    elif model.conditional:
-        labels = torch.full((draws,), int(cfg.sample_class))
-    y = None if labels is None else labels.to(model.device)
-    return {
-        name: (model.decode_mean(sampler.sample(draws, model, seed=cfg.seed).repeat(repeats, 1).to(model.device), y),
-               per_row)
-        for name, sampler in samplers.items()
-    }
+    grids = {}
+    for name, sampler in samplers.items():
+        if model.conditional and cfg.sample_class is None:  # one row per class, the same draws in each
+            per_row = max(1, cfg.num_samples // model.num_classes)
+            grids[name] = (model.decode_class_rows(sampler.sample(per_row, model, seed=cfg.seed).to(model.device)),
+                           per_row)
+        else:
+            z = sampler.sample(cfg.num_samples, model, seed=cfg.seed).to(model.device)
+            y = torch.full((len(z),), int(cfg.sample_class), device=z.device) if model.conditional else None
+            grids[name] = (model.decode_mean(z, y), 8)
+    return grids
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -197,6 +197,12 @@ class VAEModule(L.LightningModule):
         """E[x|z] (E[x|z, y] for conditional models) as an image in [0, 1]."""
         return self.likelihood.mean(self.decoder_params(z, y))
 
+    def decode_class_rows(self, z: torch.Tensor) -> torch.Tensor:
+        """A conditional model's E[x|z, y] for each of the n latents z [n, D] with every class y:
+        [K * n] images, one row of n per class (the same z down each column)."""
+        y = torch.arange(self.num_classes, device=z.device).repeat_interleave(len(z))
+        return self.decode_mean(z.repeat(self.num_classes, 1), y)
+
     def _log_px_given(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x|z_s) [S, B] for latents z [S, B, D]."""
         s, b = z.shape[:2]

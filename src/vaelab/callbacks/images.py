@@ -53,7 +53,7 @@ class LatentImages(L.Callback):
 
         gen = torch.Generator().manual_seed(self.seed)
         if pl_module.conditional:
-            yield "prior_samples", class_grid(pl_module, 8, gen), 8
+            yield "prior_samples", pl_module.decode_class_rows(pl_module.sample_prior(8, gen)), 8
         else:
             yield "prior_samples", pl_module.decode_mean(pl_module.sample_prior(self.num_samples, gen)), 8
 
@@ -70,10 +70,3 @@ class LatentImages(L.Callback):
         z[torch.arange(len(dims)), :, dims] = values
         y_rows = y[:1].repeat(len(dims) * self.traversal_steps)
         yield "traversals", pl_module.decode_mean(z.reshape(-1, pl_module.latent_dim), y_rows), self.traversal_steps
-
-
-def class_grid(pl_module, per_class: int, generator: torch.Generator) -> torch.Tensor:
-    """E[x|z, y] with one row per class y and the same ``per_class`` prior draws z in every row."""
-    z = pl_module.sample_prior(per_class, generator).repeat(pl_module.num_classes, 1)
-    y = torch.arange(pl_module.num_classes, device=z.device).repeat_interleave(per_class)
-    return pl_module.decode_mean(z, y)
