@@ -1,15 +1,21 @@
 """The fast training path (compiled step, device-resident data, device-side metrics) against the eager one."""
 
+import copy
+
 import pytest
 import torch
 from conftest import DATA_ROOT, compose_config, read_metrics
+from omegaconf import OmegaConf
 from test_maths import tiny_config
 
+from vaelab.errors import ConfigError
+from vaelab.graph_step import GraphedStep
 from vaelab.module import VAEModule
 from vaelab.train import train
 
 FAST = ["debug=limit_batches", f"data.root={DATA_ROOT}", "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu", "trainer.deterministic=true"]
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 COMPARED = ("train/loss", "train/recon", "train/kl", "val/nelbo", "val/recon", "val/kl", "test/nelbo")
 
 
@@ -32,22 +38,29 @@ def test_compiled_terms_equal_the_eager_terms_and_gradients():
 
 
 @pytest.mark.slow
-def test_compiled_run_matches_the_eager_run_and_resumes(tmp_path):
+@pytest.mark.parametrize(("eager_path", "fast"), [
+    (["compile=false"], ["compile=true"]),
+    (["compile=false"], ["cuda_graph=true"]),
+    pytest.param(*(["trainer.accelerator=gpu", "trainer.deterministic=false", *m] for m in (["compile=false"],
+                                                                                            ["cuda_graph=true"])),
+                 marks=GPU),
+], ids=["compiled", "cuda_graph", "cuda_graph-gpu"])
+def test_fast_run_matches_the_eager_run_and_resumes(tmp_path, eager_path, fast):
+    """(Without a GPU, cuda_graph=true runs its graph-safe step eagerly, with manual optimization.)"""
     metrics = {}
-    for mode in ("false", "true"):
-        train(compose_config(tmp_path / mode, [*FAST, f"compile={mode}"]))
-        metrics[mode] = read_metrics(tmp_path / mode / "run")
+    for name, mode in (("eager", eager_path), ("fast", fast)):
+        train(compose_config(tmp_path / name, [*FAST, *mode]))
+        metrics[name] = read_metrics(tmp_path / name / "run")
     for name in COMPARED:
-        assert metrics["true"][name] == pytest.approx(metrics["false"][name], rel=1e-4), name
-    # resume on the compiled path continues from the eager path's checkpoint and validates alike
-    last = tmp_path / "false" / "run" / "checkpoints" / "last.ckpt"
-    for mode in ("false", "true"):
-        train(compose_config(tmp_path / f"resume-{mode}", [*FAST, f"compile={mode}", "trainer.max_epochs=3",
-                                                            f"ckpt_path={last}"]))
-    eager, compiled = (read_metrics(tmp_path / f"resume-{m}" / "run") for m in ("false", "true"))
-    assert eager["global_step"] == compiled["global_step"] == 15
+        assert metrics["fast"][name] == pytest.approx(metrics["eager"][name], rel=1e-4), name
+    # each path resumes from the other's checkpoint, goes on counting steps and validates alike
+    for name, mode, other in (("eager", eager_path, "fast"), ("fast", fast, "eager")):
+        last = tmp_path / other / "run" / "checkpoints" / "last.ckpt"
+        train(compose_config(tmp_path / f"resume-{name}", [*FAST, *mode, "trainer.max_epochs=3", f"ckpt_path={last}"]))
+    eager, resumed = (read_metrics(tmp_path / f"resume-{name}" / "run") for name in ("eager", "fast"))
+    assert eager["global_step"] == resumed["global_step"] == 15
     for name in COMPARED:
-        assert compiled[name] == pytest.approx(eager[name], rel=1e-4), name
+        assert resumed[name] == pytest.approx(eager[name], rel=1e-4), name
 
 
 @pytest.mark.parametrize("overrides", [["trainer.precision=bf16-mixed"], ["model.channels_last=true"],
@@ -57,3 +70,32 @@ def test_bf16_and_channels_last_conv_runs_stay_close_to_float32(tmp_path, overri
     reference = train(compose_config(tmp_path / "fp32", base))
     other = train(compose_config(tmp_path / "other", [*base, *overrides]))
     assert other["test/nelbo"] == pytest.approx(reference["test/nelbo"], rel=0.02)
+
+
+@GPU
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
+def test_graph_replays_equal_the_eager_steps(precision):
+    """Recorded once per batch shape (a full and a smaller last batch) and replayed, the graph-safe
+    step gives the parameters, sums and noise of running it eagerly from the same seed."""
+    eager = VAEModule(tiny_config()).cuda()
+    graphed = copy.deepcopy(eager)
+    step = GraphedStep(graphed._graph_safe_step, state=lambda: list(graphed.buffers()))
+    batches = [torch.rand(b, 1, 4, 4, device="cuda").round() for b in (6, 6, 4, 6, 4)]
+    for module, run in ((eager, eager._graph_safe_step), (graphed, step)):
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-2, fused=True)
+        torch.manual_seed(0)
+        for x in batches:  # (autocast around the step only, as Lightning does: its cast weights are cached)
+            with torch.autocast("cuda", dtype=precision, enabled=precision != torch.float32):
+                run(x, None)
+            optimizer.step()
+    assert len(step.graphs) == 2
+    for a, b in zip(eager.state_dict().values(), graphed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("override", ["kl_schedule=linear_warmup", "scheduler=cosine", "+trainer.gradient_clip_val=1.0",
+                                      "trainer.devices=2"])
+def test_cuda_graph_refuses_what_a_recorded_step_cannot_follow(tmp_path, override):
+    config = compose_config(tmp_path, ["cuda_graph=true", override])
+    with pytest.raises(ConfigError, match="^cuda_graph=true does not support .*: use cuda_graph=false"):
+        VAEModule(OmegaConf.to_container(config, resolve=True))

@@ -26,14 +26,9 @@ class TermMeans(nn.Module):
         super().__init__()
         self.means = nn.ModuleDict({name: MeanMetric(nan_strategy="disable") for name in names})
 
-    def update(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
+    def update(self, values: dict[str, torch.Tensor], batch_size: int | torch.Tensor) -> None:
         for name, value in values.items():
             self.means[name].update(value.detach(), batch_size)
-
-    def persistent(self, mode: bool) -> None:
-        """Whether the running sums are part of the state dict (and so of checkpoints)."""
-        for mean in self.means.values():
-            mean.persistent(mode)
 
     def reset(self) -> None:
         for mean in self.means.values():

@@ -2,7 +2,7 @@
 
 It is built from the run's resolved config (``model``, ``posterior``, ``prior``,
 ``likelihood``, ``objective``, ``kl_schedule``, ``optimizer``, ``scheduler``, ``compile``,
-``eval`` and ``data``), which is saved in every checkpoint, so
+``cuda_graph``, ``eval``, ``data`` and ``trainer``), which is saved in every checkpoint, so
 ``VAEModule.load_from_checkpoint(path)`` rebuilds the same model with no other file.
 
 The model families are parts of this one module: the posterior family (Gaussian or a flow on
@@ -11,12 +11,14 @@ conditioning (``model.conditional``) and the M2 classifier (``model.classifier``
 ``objective=m2``). Each pass through the latents yields a ``LatentSample``, which is all the
 objectives and the IWAE evaluation read.
 
-The training step never waits for the device: the terms are accumulated on the device
-(``metrics.TermMeans``) and read at epoch end; per-step values are logged only every
-``trainer.log_every_n_steps`` steps, and a non-finite loss is looked for at those moments
-too. With ``compile`` on, the deterministic part of the step (encoder, decoder and
+The training step never waits for the device: the terms are summed on the device (the
+``fit_sums`` buffer, handed to ``metrics.TermMeans`` at epoch end); per-step values are logged
+only every ``trainer.log_every_n_steps`` steps, and a non-finite loss is looked for at those
+moments too. With ``compile`` on, the deterministic part of the step (encoder, decoder and
 likelihood, given the noise eps) goes through ``torch.compile``; the eager path computes
-exactly the same function.
+exactly the same function. With ``cuda_graph`` on, the step's forward pass, gradients and sums
+are one graph-safe function (``_graph_safe_step``) replayed as a CUDA graph on a GPU
+(``graph_step.GraphedStep``), and the optimizer steps by Lightning's manual optimization.
 
 Validation and test report the true ELBO (``nelbo = recon + kl``, beta = 1, one sample; of
 log p(x|y) for a conditional model, of log p(x) with the label marginalized for M2) whatever the
@@ -27,6 +29,7 @@ samples (``test/nll_iw``) and, for discrete likelihoods, bits per dimension (``t
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from typing import Any
@@ -38,6 +41,7 @@ from torch import nn
 from torchmetrics import CatMetric
 
 from vaelab.errors import ConfigError, VaelabError, instantiate
+from vaelab.graph_step import GraphedStep
 from vaelab.latents import LatentSample
 from vaelab.metrics import (
     TermMeans,
@@ -94,14 +98,20 @@ class VAEModule(L.LightningModule):
         if self.compile_mode not in (True, False, "auto"):
             raise ConfigError(f"compile must be auto, true or false, got {self.compile_mode!r}")
         self._forward = self._eager_forward
+        self.cuda_graph = bool(config.get("cuda_graph", False))
+        self._check_cuda_graph()
+        self.automatic_optimization = not self.cuda_graph
+        self.graph_step: GraphedStep | None = None
         layers = tuple(f"kl_{name}" for name in (("z1", "z2") if self.ladder is not None else ()))
-        train_terms = (*TRAIN_TERMS, *layers, *(("classifier_ce",) if self.semi_supervised else ()))
+        self.train_terms = (*TRAIN_TERMS, *layers, *(("classifier_ce",) if self.semi_supervised else ()))
         eval_terms = (*EVAL_TERMS, *layers, *(("error",) if self.classifier is not None else ()))
         # ("train" cannot be a ModuleDict key: it is a method of nn.Module)
         self.epoch_means = nn.ModuleDict(
-            {"fit": TermMeans(train_terms), "val": TermMeans(eval_terms), "test": TermMeans(eval_terms)}
+            {"fit": TermMeans(self.train_terms), "val": TermMeans(eval_terms), "test": TermMeans(eval_terms)}
         )
-        self.epoch_means["fit"].persistent(True)  # a mid-epoch checkpoint carries the epoch's sums so far
+        # the epoch's batch-size-weighted sums of the training terms and the image count, on the
+        # device; persistent, so that a mid-epoch checkpoint carries the epoch's sums so far
+        self.register_buffer("fit_sums", torch.zeros(len(self.train_terms) + 1, dtype=torch.float64))
         self._rng_to_restore: dict | None = None
         self.posteriors = nn.ModuleDict({s: CatMetric(nan_strategy="disable") for s in ("val", "test")})
         self.kl_per_dim: dict[str, torch.Tensor] = {}  # latest per stage, for pictures and metrics.json
@@ -130,6 +140,25 @@ class VAEModule(L.LightningModule):
             raise ConfigError("objective=m2 needs model.conditional=true and a model.classifier "
                               "(use experiment=mnist_m2_100), and a model.classifier needs objective=m2")
 
+    def _check_cuda_graph(self) -> None:
+        """cuda_graph=true records one step and replays it: what changes between steps outside the
+        graph's tensors, or needs Lightning's automatic optimization, cannot take part."""
+        if not self.cuda_graph:
+            return
+        trainer = self.config.get("trainer") or {}
+        refusals = [
+            (self.objective.kl_schedule.uses_step, "a KL schedule that changes with the step"),
+            (bool(self.config.get("scheduler")), "a learning-rate scheduler"),
+            (trainer.get("gradient_clip_val") not in (None, 0), "trainer.gradient_clip_val"),
+            (trainer.get("accumulate_grad_batches", 1) != 1, "trainer.accumulate_grad_batches"),
+            (trainer.get("devices", 1) not in (1, "1") or trainer.get("num_nodes", 1) != 1,
+             "several devices (DDP)"),
+        ]
+        for refused, what in refusals:
+            if refused:
+                raise ConfigError(f"cuda_graph=true does not support {what}: use cuda_graph=false "
+                                  "(the compiled step) for this run")
+
     def configure_model(self) -> None:
         """Called by Lightning before each fit/test: memory format and compilation for the run's device."""
         if self.channels_last:
@@ -138,6 +167,8 @@ class VAEModule(L.LightningModule):
         device = self._trainer.strategy.root_device if self._trainer is not None else self.device
         if self.compile_mode is True or (self.compile_mode == "auto" and device.type == "cuda"):
             self._forward = torch.compile(self._eager_forward, mode=self.config.get("compile_mode"))
+        if self.cuda_graph:
+            self.graph_step = GraphedStep(self._graph_safe_step, state=lambda: list(self.buffers()))
 
     # --- the model -------------------------------------------------------------------
     @staticmethod
@@ -264,6 +295,20 @@ class VAEModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")
+        self._carry_optimizer_steps(checkpoint)
+
+    def _carry_optimizer_steps(self, checkpoint: dict) -> None:
+        """Lightning counts optimizer steps (global_step) in its automatic-optimization loop, or in
+        its manual one with cuda_graph=true: a checkpoint written with the other setting has its
+        count in the other loop, which is copied here so that the resumed run goes on counting."""
+        loop = checkpoint.get("loops", {}).get("fit_loop")
+        if not loop or "epoch_loop.manual_optimization.optim_step_progress" not in loop:
+            return
+        automatic = loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]
+        manual = loop["epoch_loop.manual_optimization.optim_step_progress"]
+        source, target = (automatic, manual) if self.cuda_graph else (manual, automatic)
+        if target["total"]["completed"] == 0:
+            target.update(copy.deepcopy(source))
 
     def on_train_start(self) -> None:
         """Resuming: the random state is put back here, just before the first training step.
@@ -282,18 +327,45 @@ class VAEModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         """(Lightning skips this hook when resuming in the middle of an epoch, which keeps that epoch's sums.)"""
-        self.epoch_means["fit"].reset()
+        self.fit_sums.zero_()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        t = self.terms(x, y, self.global_step)
-        values = {"loss": t.loss, "recon": t.recon, "kl": t.kl, **t.extra}
-        self.epoch_means["fit"].update(values, len(x))
-        self._watch_finite(t)
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        step = self.global_step
+        if self.graph_step is None:
+            t = self.terms(x, y, step)
+            values, loss = self._record_step(t, len(x)), t.loss
+        else:  # manual optimization: the graph fills the gradients, Lightning's optimizer steps
+            values, loss = self.graph_step(x, y), None
+            self.optimizers().step()
+        if (step + 1) % self.trainer.log_every_n_steps == 0:
             self._check_finite()
-            self.log_dict({f"train/{k}_step": v for k, v in values.items()}, on_step=True, on_epoch=False)
-        return t.loss
+            self.log_dict({f"train/{name}_step": v.clone() for name, v in zip(self.train_terms, values)},
+                          on_step=True, on_epoch=False)
+        return loss
+
+    def _record_step(self, t: Terms, batch_size: int) -> torch.Tensor:
+        """Add the batch's terms to the epoch's sums and watch for non-finite ones (on the device);
+        returns the batch means in ``train_terms`` order."""
+        values = torch.stack([t.loss, t.recon, t.kl, *(t.extra[name] for name in self.train_terms[3:])]).detach()
+        self.fit_sums[:-1] += values * batch_size
+        self.fit_sums[-1] += batch_size
+        self._watch_finite(t)
+        return values
+
+    def _graph_safe_step(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """One training step's forward pass, gradients (written into each parameter's .grad in
+        place) and sums, with nothing that waits for the device or changes between steps outside
+        the module's tensors: what ``GraphedStep`` records (the KL schedule is step-independent)."""
+        t = self.terms(x, y, 0)
+        params = [p for p in self.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(t.loss, params, allow_unused=True)
+        for p, g in zip(params, grads):
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            if g is not None:
+                p.grad.copy_(g)
+        return self._record_step(t, len(x))
 
     def _watch_finite(self, t: Terms) -> None:
         """Remember, on the device, the first step whose recon or KL is not finite."""
@@ -319,6 +391,9 @@ class VAEModule(L.LightningModule):
             self._check_finite()
 
     def on_train_epoch_end(self) -> None:
+        sums, count = self.fit_sums[:-1], self.fit_sums[-1]
+        if count > 0:
+            self.epoch_means["fit"].update(dict(zip(self.train_terms, (sums / count).float())), count)
         self._log_means("fit", "train")
 
     # --- validation and test -----------------------------------------------------------

@@ -13,9 +13,11 @@ from vaelab.errors import ConfigError
 
 
 class KLSchedule:
-    """Base class; ``constant`` tells whether the KL term is the plain sum_d kl_d at every step."""
+    """Base class; ``constant`` tells whether the KL term is the plain sum_d kl_d at every step,
+    ``uses_step`` whether it depends on the step t (which a CUDA-graph step cannot follow)."""
 
     constant = False
+    uses_step = False
 
     def setup(self, total_steps: int) -> None:
         """Told the run's number of optimizer steps before training starts."""
@@ -36,6 +38,8 @@ class Constant(KLSchedule):
 class LinearWarmup(KLSchedule):
     """min(1, t / warmup_steps) * sum_d kl_d (Bowman et al. 2016)."""
 
+    uses_step = True
+
     def __init__(self, warmup_steps: int):
         if warmup_steps < 1:
             raise ConfigError(f"kl_schedule.warmup_steps must be >= 1, got {warmup_steps}")
@@ -48,6 +52,8 @@ class LinearWarmup(KLSchedule):
 class Cyclical(KLSchedule):
     """Cyclical annealing (Fu et al. 2019): the T training steps form M cycles; in each, the weight
     rises linearly from 0 to 1 over the first fraction R of the cycle, then stays at 1."""
+
+    uses_step = True
 
     def __init__(self, cycles: int = 4, ratio: float = 0.5):
         if cycles < 1 or not 0 < ratio <= 1:
@@ -82,6 +88,8 @@ class FreeBits(KLSchedule):
 
 class Capacity(KLSchedule):
     """gamma * |sum_d kl_d - C(t)|, C rising linearly from 0 to c_max over anneal_steps (Burgess et al. 2018)."""
+
+    uses_step = True
 
     def __init__(self, c_max: float = 25.0, anneal_steps: int = 10000, gamma: float = 100.0):
         if c_max < 0 or anneal_steps < 1 or gamma < 0:
