@@ -56,7 +56,7 @@ def main() -> None:
             with open(Path(args.out) / f"{key}.log", "w") as log:
                 runs[key] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         else:
-            runs[key] = subprocess.run(command)
+            runs[key] = subprocess.run(command, check=False)  # (failures are reported together below)
     failed = [key for key, process in runs.items() if (process.wait() if args.parallel else process.returncode)]
     if failed:
         sys.exit(f"compare_families: the run of {', '.join(failed)} failed (see its output above or in {args.out})")

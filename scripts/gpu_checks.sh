@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/benchmarks.md, on the device machine, from the repository root:
 #   bash scripts/gpu_checks.sh speed            # issue #3: the GPU tests, mnist_seed against the classic loop,
-#                                               # the CUDA-graph step, cifar10_conv at bf16 (about 6 min)
+#                                               # the CUDA-graph step, cifar10_conv at bf16 (about 7 min)
 #   bash scripts/gpu_checks.sh families [MIN]   # issue #6: the four families and M2 at the same time on the
-#                                               # one GPU, MIN minutes of training each (default 4; ~MIN+1.5 min)
+#                                               # one GPU, MIN minutes of training each (default 3; ~MIN+1.5 min)
 #   bash scripts/gpu_checks.sh all [MIN]        # both
 # Needs .gpu/ from scripts/gpu_carry.sh (carried: the device tool's carry=[".gpu"]). Writes summary.md
 # and logs.tar.gz (every command's whole output) to $OUT (the device tool's folder that comes back),
@@ -12,7 +12,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 phase=${1:-all}
-minutes=${2:-4}
+minutes=${2:-3}
 out=${OUT:-outputs/gpu_checks}
 logs=$out/logs
 accelerator=${ACCELERATOR:-gpu}
@@ -43,9 +43,9 @@ if [[ $phase == speed || $phase == all ]]; then
   step speed_mnist_graph bench --experiment mnist_seed --epochs 10 --skip-classic cuda_graph=true compile=false
   step speed_mnist_graph_compiled bench --experiment mnist_seed --epochs 10 --skip-classic cuda_graph=true
   # if the recorded step is much faster than the compiled one, kernel launches (not compute) limit it
-  for step_path in "compile=auto" "cuda_graph=true"; do
-    step "speed_cifar_bf16_${step_path%%=*}" bench --experiment cifar10_conv --epochs 3 --skip-classic \
-      trainer.precision=bf16-mixed model.channels_last=true "$step_path"
+  for step_path in "compile=auto" "cuda_graph=true compile=false"; do
+    step "speed_cifar_bf16_${step_path%%=*}" bench --experiment cifar10_conv --epochs 2 --skip-classic \
+      trainer.precision=bf16-mixed model.channels_last=true $step_path
   done
 fi
 if [[ $phase == families || $phase == all ]]; then

@@ -94,7 +94,7 @@ def test_graph_replays_equal_the_eager_steps(precision):
 
 
 @pytest.mark.parametrize("override", ["kl_schedule=linear_warmup", "scheduler=cosine", "+trainer.gradient_clip_val=1.0",
-                                      "trainer.devices=2"])
+                                      "trainer=ddp_sim"])
 def test_cuda_graph_refuses_what_a_recorded_step_cannot_follow(tmp_path, override):
     config = compose_config(tmp_path, ["cuda_graph=true", override])
     with pytest.raises(ConfigError, match="^cuda_graph=true does not support .*: use cuda_graph=false"):

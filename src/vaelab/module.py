@@ -151,8 +151,8 @@ class VAEModule(L.LightningModule):
             (bool(self.config.get("scheduler")), "a learning-rate scheduler"),
             (trainer.get("gradient_clip_val") not in (None, 0), "trainer.gradient_clip_val"),
             (trainer.get("accumulate_grad_batches", 1) != 1, "trainer.accumulate_grad_batches"),
-            (trainer.get("devices", 1) not in (1, "1") or trainer.get("num_nodes", 1) != 1,
-             "several devices (DDP)"),
+            (trainer.get("strategy") is not None or trainer.get("devices", 1) not in (1, "1")
+             or trainer.get("num_nodes", 1) != 1, "DDP (trainer.strategy, trainer.devices other than 1, trainer.num_nodes)"),
         ]
         for refused, what in refusals:
             if refused:
