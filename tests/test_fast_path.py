@@ -1,4 +1,4 @@
-"""The fast training path (compiled step, device-resident data, device-side metrics) against the eager one."""
+"""The fast training paths (compiled step, recorded CUDA-graph step, device-resident data, device-side metrics) against the eager one."""
 
 import copy
 
