@@ -347,7 +347,7 @@ class VAEModule(L.LightningModule):
     def _record_step(self, t: Terms, batch_size: int) -> torch.Tensor:
         """Add the batch's terms to the epoch's sums and watch for non-finite ones (on the device);
         returns the batch means in ``train_terms`` order."""
-        values = torch.stack([t.loss, t.recon, t.kl, *(t.extra[name] for name in self.train_terms[3:])]).detach()
+        values = torch.stack([t.loss, t.recon, t.kl, *(t.extra[name] for name in self.train_terms[len(TRAIN_TERMS):])]).detach()
         self.fit_sums[:-1] += values * batch_size
         self.fit_sums[-1] += batch_size
         self._watch_finite(t)
