@@ -99,15 +99,17 @@ def test_a_richer_prior_or_posterior_uses_the_monte_carlo_kl():
 
 
 def test_m2_terms_match_a_hand_computation():
+    """Catches: the classifier term weighted by alpha alone (not alpha N / N_l per labelled image),
+    a dropped entropy term in U(x), or -log p(y) left out of L(x, y)."""
     torch.manual_seed(0)
     recon, kl, logits = torch.rand(3, 4) * 100, torch.rand(3, 4) * 10, torch.randn(3, 4)
     labels = torch.tensor([2, -1, -1])
-    terms = M2(alpha=7.0)(recon, kl, logits, labels)
+    terms = M2(alpha=7.0, dataset_size=600, num_labelled=20)(recon, kl, logits, labels)
     q = torch.softmax(logits, -1)
     labelled = recon[0, 2] + kl[0, 2] + math.log(4)  # L(x, y) = -log p(x|y,z) + KL - log p(y)
     unlabelled = [(q[i] * (recon[i] + kl[i] + math.log(4))).sum() + (q[i] * q[i].log()).sum() for i in (1, 2)]
     ce = -math.log(q[0, 2])
-    expected = (labelled + sum(unlabelled)) / 3 + 7.0 * ce
+    expected = (labelled + 7.0 * 600 / 20 * ce + sum(unlabelled)) / 3
     torch.testing.assert_close(terms.loss, expected)
     torch.testing.assert_close(terms.nelbo, (labelled + sum(unlabelled)) / 3)
     torch.testing.assert_close(terms.extra["classifier_ce"], torch.tensor(ce, dtype=torch.float32))
@@ -115,8 +117,31 @@ def test_m2_terms_match_a_hand_computation():
     # equals L(x, y) when q(y|x) puts all mass on y
     certain = torch.full((1, 4), -1e4)
     certain[0, 1] = 1e4
-    one = M2()(recon[:1], kl[:1], certain, torch.tensor([-1]))
+    one = M2(dataset_size=600, num_labelled=20)(recon[:1], kl[:1], certain, torch.tensor([-1]))
     torch.testing.assert_close(one.nelbo, recon[0, 1] + kl[0, 1] + math.log(4))
+
+
+def test_m2_default_alpha_is_the_papers_weight_per_image(tmp_path):
+    """Kingma et al. (2014) minimize J^a = sum_i j_i over N training images, N_l of them labelled,
+    with j_i = L(x_i, y_i) + (a / N_l) (-log q(y_i|x_i)) for a labelled image, U(x_i) for an
+    unlabelled one, and a = 0.1 N. Per image (J^a / N = the mean of j_i), a batch's loss with the
+    configured default must be the mean of j_i over its images.
+    Catches: a default in another convention (50, or 0.1 weighting the batch's mean cross-entropy,
+    which differs when the batch's labelled share, here 3 of 5, is not the data set's, 20 of 600)."""
+    from conftest import compose_config
+
+    alpha = compose_config(tmp_path, ["objective=m2"]).objective.alpha
+    torch.manual_seed(1)
+    n, n_labelled, k = 600, 20, 5
+    recon, kl, logits = torch.rand(5, k) * 50, torch.rand(5, k) * 5, torch.randn(5, k)
+    labels = torch.tensor([1, 4, 0, -1, -1])
+    q = torch.softmax(logits, -1)
+    rows = torch.arange(3)
+    a = 0.1 * n
+    j_labelled = recon[rows, labels[:3]] + kl[rows, labels[:3]] + math.log(k) - a / n_labelled * q[rows, labels[:3]].log()
+    j_unlabelled = ((q * (recon + kl + math.log(k))).sum(-1) + (q * q.log()).sum(-1))[3:]
+    objective = M2(alpha=alpha, dataset_size=n, num_labelled=n_labelled)
+    torch.testing.assert_close(objective(recon, kl, logits, labels).loss, torch.cat([j_labelled, j_unlabelled]).mean())
 
 
 def m2_config():
@@ -124,7 +149,7 @@ def m2_config():
     config["model"]["conditional"] = True
     config["model"]["classifier"] = {"_target_": "vaelab.nets.mlp.MLPClassifier", "shape": [1, 4, 4],
                                      "num_classes": 10, "hidden": [8]}
-    config["objective"] = {"_target_": "vaelab.objectives.M2", "alpha": 5.0}
+    config["objective"] = {"_target_": "vaelab.objectives.M2", "alpha": 5.0, "dataset_size": 100, "num_labelled": 10}
     return config
 
 

@@ -103,7 +103,7 @@ class VAEModule(L.LightningModule):
         self.automatic_optimization = not self.cuda_graph
         self.graph_step: GraphedStep | None = None
         layers = tuple(f"kl_{name}" for name in (("z1", "z2") if self.ladder is not None else ()))
-        self.train_terms = (*TRAIN_TERMS, *layers, *(("classifier_ce",) if self.semi_supervised else ()))
+        self.train_terms = (*TRAIN_TERMS, *layers, *self.objective.extra_terms)
         eval_terms = (*EVAL_TERMS, *layers, *(("error",) if self.classifier is not None else ()))
         # ("train" cannot be a ModuleDict key: it is a method of nn.Module)
         self.epoch_means = nn.ModuleDict(
@@ -316,8 +316,8 @@ class VAEModule(L.LightningModule):
         (The objective learns the run's length here rather than in on_fit_start, where asking for
         it would set up the training batches before the checkpoint's data position is loaded.)"""
         self.objective.kl_schedule.setup(int(self.trainer.estimated_stepping_batches))
-        if hasattr(self.objective, "dataset_size") and self.objective.dataset_size is None:
-            self.objective.dataset_size = len(self.trainer.datamodule.train_set)
+        datamodule = self.trainer.datamodule
+        self.objective.setup(len(datamodule.train_set), datamodule.num_labelled)
         self.device_step.fill_(self.global_step)
         if self._rng_to_restore is not None:
             torch.set_rng_state(self._rng_to_restore["torch"])
@@ -401,7 +401,8 @@ class VAEModule(L.LightningModule):
         x, y = batch
         if self.semi_supervised:  # the bound on log p(x), the label marginalized with q(y|x)
             logits = self.classifier(x).float()
-            t = self.objective(*self.per_class_terms(x), logits, torch.full_like(y, -1))
+            recon, kl, _, _ = M2.per_image(*self.per_class_terms(x), logits, torch.full_like(y, -1))
+            t = Terms(loss=recon.mean() + kl.mean(), recon=recon.mean(), kl=kl.mean())
             values = {"error": (logits.argmax(-1) != y).float().mean()}
             q = self.gaussian_posterior(x, y)
         else:  # the bound on log p(x) (log p(x|y) for a conditional model), with per-layer KLs

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from vaelab.errors import ConfigError
 from vaelab.latents import LatentSample
+from vaelab.posteriors import DiagonalGaussian
 from vaelab.priors import standard_normal_log_prob
 from vaelab.schedules import Constant, KLSchedule
 
@@ -44,10 +45,14 @@ def log_importance_weights(sample: LatentSample, log_px: torch.Tensor) -> torch.
 
 class Objective:
     samples = 1  # z samples per image
+    extra_terms: tuple[str, ...] = ()  # the names of further batch means in Terms.extra, logged as train/<name>
     needs_gaussian_posterior = False  # True where the maths needs q = N(mu, sigma) and p = N(0, I)
 
     def __init__(self, kl_schedule: KLSchedule | None = None):
         self.kl_schedule = kl_schedule or Constant()
+
+    def setup(self, dataset_size: int, num_labelled: int | None) -> None:
+        """Told the training set's size and how many of its labels are known, before training."""
 
     def _require_constant_schedule(self, name: str) -> None:
         if not self.kl_schedule.constant:
@@ -122,10 +127,12 @@ class BetaTC(Objective):
 
     q(z) and q(z_d) estimated on the minibatch with minibatch-stratified sampling over a
     training set of ``dataset_size`` images (set by the module from the data). It needs the
-    Gaussian posterior and the standard-normal prior.
+    Gaussian posterior and the standard-normal prior. The three terms are logged as
+    ``train/mi``, ``train/tc`` and ``train/dwkl`` (nats per image; they sum to the Monte-Carlo KL).
     """
 
     needs_gaussian_posterior = True
+    extra_terms = ("mi", "tc", "dwkl")
 
     def __init__(self, beta: float = 6.0, alpha: float = 1.0, gamma: float = 1.0,
                  kl_schedule: KLSchedule | None = None, dataset_size: int | None = None):
@@ -136,36 +143,51 @@ class BetaTC(Objective):
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.dataset_size = dataset_size
 
-    def log_stratified_weights(self, batch: int, device) -> torch.Tensor:
-        """log of the minibatch-stratified importance weights [B, B] (Chen et al. 2018, appendix C.2)."""
-        n, m = self.dataset_size, batch - 1
-        weights = torch.full((batch, batch), 1.0 / m, device=device)
-        weights.view(-1)[:: m + 1] = 1.0 / n
-        weights.view(-1)[1 :: m + 1] = (n - m) / (n * m)
-        weights[m - 1, 0] = (n - m) / (n * m)
-        return weights.log()
-
-    def __call__(self, sample: LatentSample, log_px: torch.Tensor, step: int = 0) -> Terms:
-        q, z = sample.base, sample.z
+    def setup(self, dataset_size: int, num_labelled: int | None) -> None:
         if self.dataset_size is None:
-            raise ConfigError("objective=beta_tc needs the training-set size (objective.dataset_size)")
-        z1 = z[0]  # [B, D]
-        batch = len(z1)
+            self.dataset_size = dataset_size
+
+    def log_stratified_weights(self, batch: int, device) -> torch.Tensor:
+        """log of the minibatch-stratified importance weights W [B, B] (Chen et al. 2018, appendix
+        C.2), with N = ``dataset_size`` and M = B - 1: row i estimates q(z_i) = (1/N) sum_n q(z_i|x_n)
+        from the batch as sum_j W_ij q(z_i|x_j), with
+
+            W_ii = 1/N (z_i's own image),  W_i,i+1 = (N - M) / (N M) (the stratified cell; the last
+            row wraps to column 0),  W_ij = 1/M elsewhere,
+
+        so that each row sums to 1 and, over random batches, the estimate of q(z_i) is unbiased."""
+        n, m = self.dataset_size, batch - 1
+        rows = torch.arange(batch, device=device)
+        weights = torch.full((batch, batch), 1.0 / m, device=device, dtype=torch.float64)
+        weights[rows, rows] = 1.0 / n
+        weights[rows, (rows + 1) % batch] = (n - m) / (n * m)
+        return weights.log().float()
+
+    def log_aggregate_posteriors(self, q: DiagonalGaussian, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Minibatch estimates of log q(z_i) and log prod_d q(z_id) [B] for z_i ~ q(z|x_i) [B, D],
+        q(z) = (1/N) sum_n q(z|x_n) being the aggregate posterior over the training set."""
+        batch = len(z)
         if batch < 2:
             raise ConfigError("objective=beta_tc needs batches of at least 2 images")
         # log q(z_i | x_j) per dimension: [B (z), B (x), D]
-        mu, logvar = q.mu.unsqueeze(0), q.logvar.unsqueeze(0)
-        log_q_dims = -0.5 * ((z1.unsqueeze(1) - mu) ** 2 / logvar.exp() + logvar + math.log(2 * math.pi))
-        log_iw = self.log_stratified_weights(batch, z1.device)
-        log_qz = torch.logsumexp(log_iw + log_q_dims.sum(2), dim=1)
-        log_prod_qzd = torch.logsumexp(log_iw.unsqueeze(-1) + log_q_dims, dim=1).sum(1)
-        log_qz_given_x = q.log_prob(z1)
-        log_pz = standard_normal_log_prob(z1)
-        mi = (log_qz_given_x - log_qz).mean()
+        log_q_dims = -0.5 * ((z.unsqueeze(1) - q.mu.unsqueeze(0)) ** 2 / q.logvar.exp().unsqueeze(0)
+                             + q.logvar.unsqueeze(0) + math.log(2 * math.pi))
+        log_w = self.log_stratified_weights(batch, z.device).to(z.dtype)
+        log_qz = torch.logsumexp(log_w + log_q_dims.sum(2), dim=1)
+        log_prod_qzd = torch.logsumexp(log_w.unsqueeze(-1) + log_q_dims, dim=1).sum(1)
+        return log_qz, log_prod_qzd
+
+    def __call__(self, sample: LatentSample, log_px: torch.Tensor, step: int = 0) -> Terms:
+        if self.dataset_size is None:
+            raise ConfigError("objective=beta_tc needs the training-set size (objective.dataset_size)")
+        q, z = sample.base, sample.z[0]  # one sample per image: [B, D]
+        log_qz, log_prod_qzd = self.log_aggregate_posteriors(q, z)
+        mi = (q.log_prob(z) - log_qz).mean()
         tc = (log_qz - log_prod_qzd).mean()
-        dim_kl = (log_prod_qzd - log_pz).mean()
+        dwkl = (log_prod_qzd - standard_normal_log_prob(z)).mean()
         recon, kl = self.reported(sample, log_px)
-        return Terms(loss=recon + self.alpha * mi + self.beta * tc + self.gamma * dim_kl, recon=recon, kl=kl)
+        return Terms(loss=recon + self.alpha * mi + self.beta * tc + self.gamma * dwkl, recon=recon, kl=kl,
+                     extra={"mi": mi, "tc": tc, "dwkl": dwkl})
 
 
 class M2(Objective):
@@ -177,24 +199,51 @@ class M2(Objective):
 
         U(x) = sum_y q(y|x) L(x, y) - H(q(y|x))
 
-    (the negative ELBO of log p(x)). The loss is the batch sum of L over the labelled images and
-    U over the unlabelled ones, divided by the number of images, plus ``alpha`` times the
-    labelled images' mean cross-entropy -log q(y|x) (the term that trains the classifier on the
-    labels as well). Input: per-class recon and KL [B, K] (the model run once per class), the
+    (the negative ELBO of log p(x)). The paper minimizes, over a training set of N images of
+    which N_l are labelled,
+
+        J^a = sum_labelled L(x, y) + sum_unlabelled U(x) + a * E_labelled[-log q(y|x)],  a = 0.1 N.
+
+    vaelab's convention is the per-image mean: J^a / N = (1/N) sum_i [bound_i + 1{i labelled}
+    alpha (N / N_l) CE_i] with alpha = a / N, so the paper's a = 0.1 N is ``alpha = 0.1`` (the
+    default), each labelled image's cross-entropy weighted alpha N / N_l (as in the authors' code,
+    ``alpha * n_tot / n_labeled``). A batch's loss is that per-image mean over its images,
+
+        loss = (1 / |batch|) sum_i [bound_i + 1{i labelled} alpha (N / N_l) CE_i].
+
+    (vaelab's batches hold as many labelled images as unlabelled ones, so labelled images weigh
+    more per batch than their share of the data set; the weight of each image's cross-entropy
+    relative to its own bound is the paper's.) N and N_l are set from the data at the start of
+    training (``setup``). Input: per-class recon and KL [B, K] (the model run once per class), the
     classifier's logits [B, K] and the labels [B] (-1 where unknown).
 
     Reported: ``recon`` is the q(y|x)-weighted (labelled: true-class) reconstruction term and
     ``kl`` the KL of both latents, KL(q(y|x) || p(y)) + E_q(y|x) KL(q(z|x, y) || p(z)) (labelled:
     -log p(y) + KL), so that ``nelbo = recon + kl`` is U(x) or L(x, y); ``extra`` holds
-    ``classifier_ce``, the labelled images' cross-entropy.
+    ``classifier_ce``, the labelled images' mean cross-entropy.
     """
 
-    def __init__(self, alpha: float = 50.0, kl_schedule: KLSchedule | None = None):
+    extra_terms = ("classifier_ce",)
+
+    def __init__(self, alpha: float = 0.1, kl_schedule: KLSchedule | None = None,
+                 dataset_size: int | None = None, num_labelled: int | None = None):
         super().__init__(kl_schedule)
         if alpha < 0:
             raise ConfigError(f"objective.alpha must be >= 0, got {alpha}")
         self._require_constant_schedule("m2")
         self.alpha = float(alpha)
+        self.dataset_size, self.num_labelled = dataset_size, num_labelled
+
+    def setup(self, dataset_size: int, num_labelled: int | None) -> None:
+        self.dataset_size, self.num_labelled = dataset_size, num_labelled
+
+    @property
+    def ce_weight(self) -> float:
+        """alpha N / N_l: the weight of a labelled image's cross-entropy beside its bound."""
+        if not self.dataset_size or not self.num_labelled:
+            raise ConfigError("objective=m2 needs the training-set size and its number of labelled images "
+                              "(objective.dataset_size, objective.num_labelled; set from the data when training)")
+        return self.alpha * self.dataset_size / self.num_labelled
 
     @staticmethod
     def per_image(recon_y: torch.Tensor, kl_y: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
@@ -215,6 +264,6 @@ class M2(Objective):
     def __call__(self, recon_y: torch.Tensor, kl_y: torch.Tensor, logits: torch.Tensor,
                  labels: torch.Tensor) -> Terms:
         recon, kl, ce, labelled = self.per_image(recon_y, kl_y, logits, labels)
+        loss = (recon + kl + self.ce_weight * ce).mean()  # L(x, y) or U(x) per image, plus the classifier term
         ce_mean = ce.sum() / labelled.sum().clamp(min=1)
-        loss = (recon + kl).mean() + self.alpha * ce_mean  # L(x, y) or U(x) per image, then the classifier term
         return Terms(loss=loss, recon=recon.mean(), kl=kl.mean(), extra={"classifier_ce": ce_mean})
