@@ -26,11 +26,11 @@ from vaelab.schedules import Capacity, Cyclical, FreeBits, LinearWarmup
 SIGMA = 0.5
 
 
-def linear_gaussian_vae(posterior=None, prior=None):
+def linear_gaussian_vae(posterior=None, prior=None, variance_factor=2.0):
     """x = W z + b + sigma * noise, z ~ N(0, I): a VAE with a linear decoder and an encoder giving the
-    exact posterior mean and twice the diagonal of the exact posterior covariance (so q is close
-    to, but not, the posterior). ``posterior``/``prior``: other families' configs (then the
-    exact marginal is the caller's to compute)."""
+    exact posterior mean and ``variance_factor`` times the diagonal of the exact posterior
+    covariance (so q is close to, but not, the posterior). ``posterior``/``prior``: other
+    families' configs (then the exact marginal is the caller's to compute)."""
     torch.manual_seed(0)
     config = tiny_config(likelihood={"_target_": "vaelab.likelihoods.Gaussian", "scale": SIGMA},
                          shape=(1, 2, 2), latent_dim=2)
@@ -42,7 +42,7 @@ def linear_gaussian_vae(posterior=None, prior=None):
         torch.tensor([0.1, -0.2, 0.3, 0.0], dtype=torch.double)
     cov = torch.linalg.inv(torch.eye(2, dtype=torch.double) + w.T @ w / SIGMA**2)
     gain = cov @ w.T / SIGMA**2
-    logvar = (2 * cov.diagonal()).log()
+    logvar = (variance_factor * cov.diagonal()).log()
     half, centre = (DiagonalGaussian.LOGVAR_MAX - DiagonalGaussian.LOGVAR_MIN) / 2, \
         (DiagonalGaussian.LOGVAR_MAX + DiagonalGaussian.LOGVAR_MIN) / 2
     raw = centre + half * torch.atanh((logvar - centre) / half)
@@ -70,6 +70,25 @@ def test_iwae_converges_to_the_exact_log_likelihood_of_a_linear_gaussian_vae():
         sample, lp = model.sample_terms(images, 20000)
         elbo = log_importance_weights(sample, lp).mean(0)
     assert (elbo < log_px - 0.01).all(), "the ELBO must lie below log p(x) (q is diagonal, the posterior is not)"
+
+
+def test_iwae_draws_fresh_noise_in_every_chunk():
+    """With a posterior ten times too wide (the ELBO about 6.7 nats below log p(x)), k = 500 samples
+    drawn one per chunk close the gap as well as 500 drawn at once.
+    Catches: the same noise reused in every chunk (the estimate would stay at a single sample's log
+    weight, the ELBO)."""
+    model, exact = linear_gaussian_vae(variance_factor=10.0)
+    x = exact.sample((50,))
+    log_px, images = exact.log_prob(x), x.view(50, 1, 2, 2)
+    torch.manual_seed(1)
+    one_at_a_time = model.iwae_log_likelihood(images, 500, chunk=1)
+    at_once = model.iwae_log_likelihood(images, 500, chunk=500)
+    with torch.no_grad():
+        elbo = log_importance_weights(*model.sample_terms(images, 2000)).mean(0)
+    assert (log_px - elbo).mean().item() > 5.0
+    for estimate in (one_at_a_time, at_once):
+        assert abs((estimate - log_px).mean().item()) < 0.1
+        assert (estimate - log_px).abs().max().item() < 0.6
 
 
 def test_iwae_bound_grows_with_k_and_equals_the_elbo_at_k_one():
@@ -127,14 +146,57 @@ def test_iwae_gradient_uses_detached_normalized_weights():
     assert ((up - down) / 2e-6).item() == pytest.approx(analytic, rel=1e-4)
 
 
-def test_discretized_logistic_probabilities_sum_to_one():
-    torch.manual_seed(4)
+def _discretized_logistic_reference(logits, means, log_scales, min_log_scale=-7.0) -> list[float]:
+    """log P(v) for v = 0..255 of a mixture of discretized logistics, from the definition
+    (differences of logistic CDFs, the edge bins open-ended) in 60-digit arithmetic."""
+    import mpmath
+
+    mpmath.mp.dps = 60
+    weights = [mpmath.e ** mpmath.mpf(w) for w in logits]
+    weights = [w / sum(weights) for w in weights]
+    out = []
+    for v in range(256):
+        y = mpmath.mpf(2 * v) / 255 - 1
+        p = 0
+        for w, mu, log_s in zip(weights, means, log_scales, strict=True):
+            s = mpmath.e ** mpmath.mpf(max(log_s, min_log_scale))
+            # mass below t (left of the mean) or above t (right of it), so that no difference of
+            # two numbers near 1 loses the digits of a tiny bin
+            below = lambda t, mu=mu, s=s: 1 / (1 + mpmath.e ** (-(t - mpmath.mpf(mu)) / s))  # noqa: E731
+            above = lambda t, mu=mu, s=s: 1 / (1 + mpmath.e ** ((t - mpmath.mpf(mu)) / s))  # noqa: E731
+            upper, lower = y + mpmath.mpf(1) / 255, y - mpmath.mpf(1) / 255
+            if y <= mu:
+                p += w * ((1 if v == 255 else below(upper)) - (0 if v == 0 else below(lower)))
+            else:
+                p += w * ((1 if v == 0 else above(lower)) - (0 if v == 255 else above(upper)))
+        out.append(float(mpmath.log(p)))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("means", "log_scales"), [
+    ([0.0, 0.5, -0.4], [-2.0, -3.0, -1.0]),  # ordinary
+    ([-3.0, 3.0, 0.2], [-1.0, 0.5, -4.5]),  # means far outside [-1, 1]: the edge bins hold the mass
+    ([0.3, -0.99, 1.0], [-7.0, -5.0, -20.0]),  # tiny scales, one below the clamp at -7
+    ([1.5, 0.0, -2.0], [5.0, 3.0, 8.0]),  # huge scales: almost uniform over the bins
+])
+def test_discretized_logistic_matches_its_definition_at_the_edges(dtype, means, log_scales):
+    """Every one of the 256 log-probabilities (0 and 255 included) against the definition in
+    60-digit arithmetic, and their sum against 1, in float32 and float64.
+    Catches: the PixelCNN++ midpoint-density stand-in for tiny bins (2 nats off at log s = -7), an
+    edge bin that does not take all the mass beyond it (the sum falls below 1 for means outside
+    [-1, 1]), a missing log-scale clamp, a wrong bin width."""
+    logits = [0.3, -1.0, 0.5]
     lik = DiscretizedLogistic(components=3)
-    params = torch.randn(1, 3 * 3, 1, 1) * torch.tensor([2.0] * 3 + [0.7] * 3 + [1.0] * 3).view(1, 9, 1, 1)
-    values = torch.arange(256, dtype=torch.float32).view(256, 1, 1, 1) / 255
-    log_p = lik.log_prob(params.expand(256, 9, 1, 1), values).flatten()
-    assert torch.logsumexp(log_p, 0).exp().item() == pytest.approx(1.0, abs=1e-5)
-    assert lik.nll(params, values[:1]).item() == pytest.approx(-log_p[0].item())
+    params = torch.tensor([*logits, *means, *log_scales], dtype=dtype).view(1, 9, 1, 1).expand(256, 9, 1, 1)
+    values = torch.arange(256, dtype=dtype).view(256, 1, 1, 1) / 255
+    log_p = lik.log_prob(params, values).flatten().double()
+    expected = torch.tensor(_discretized_logistic_reference(logits, means, log_scales), dtype=torch.float64)
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-9
+    assert torch.isfinite(log_p).all()
+    torch.testing.assert_close(log_p, expected, rtol=tolerance, atol=tolerance)
+    assert torch.logsumexp(log_p, 0).exp().item() == pytest.approx(1.0, abs=10 * tolerance)
+    assert lik.nll(params[:1], values[:1]).item() == pytest.approx(-log_p[0].item(), rel=1e-6)
 
 
 def test_bits_per_dim_of_a_uniform_model_is_eight():

@@ -96,13 +96,17 @@ class DiscretizedLogistic(Likelihood):
     """A mixture of K logistics discretized to the 256 values of 8-bit pixels (Salimans et al.
     2017, PixelCNN++; NVAE), each sub-pixel independent given z.
 
-    With y = 2x - 1 in [-1, 1] (x = v/255) and bin half-width 1/255, component k gives
+    With y = 2x - 1 in [-1, 1] (x = v/255), bin half-width 1/255 and, for component k,
+    a = (y + 1/255 - mu_k) / s_k and b = (y - 1/255 - mu_k) / s_k,
 
-        P(v) = sigmoid((y + 1/255 - mu_k) / s_k) - sigmoid((y - 1/255 - mu_k) / s_k),
+        P(v) = sigmoid(a) - sigmoid(b),   log P(v) = log sigmoid(a) + log(1 - sigmoid(b)) + log(1 - e^(b - a)),
 
-    the lowest bin taking all mass below and the highest all mass above, so the 256
-    probabilities sum to 1; the mixture weights are softmax(logits). The decoder emits
-    (logits, mu, log s) for each of the K components of each channel.
+    the lowest bin taking all mass below (log sigmoid(a)) and the highest all mass above
+    (log(1 - sigmoid(b))), so the 256 probabilities sum to 1. The log form is exact and stable
+    for every mean and scale (no difference of two sigmoids is ever formed, so tiny bins do not
+    underflow, and no density approximation stands in for them). log s_k is clamped at
+    ``min_log_scale``; the mixture weights are softmax(logits). The decoder emits (logits, mu,
+    log s) for each of the K components of each channel.
     """
 
     discrete = True
@@ -124,17 +128,13 @@ class DiscretizedLogistic(Likelihood):
         """log P(x) per sub-pixel, [B, C, H, W], for x on the grid v/255."""
         logits, means, log_scales = self._split(params)
         y = (2 * x - 1).unsqueeze(2)  # [B, C, 1, H, W]
-        centred = y - means
         inv_s = torch.exp(-log_scales)
-        plus = inv_s * (centred + 1 / 255)
-        minus = inv_s * (centred - 1 / 255)
-        log_cdf_plus = plus - F.softplus(plus)  # log sigmoid(plus), for the lowest bin
-        log_one_minus_cdf_minus = -F.softplus(minus)  # log(1 - sigmoid(minus)), for the highest bin
-        delta = torch.sigmoid(plus) - torch.sigmoid(minus)
-        mid = inv_s * centred
-        log_pdf_mid = mid - log_scales - 2 * F.softplus(mid) - math.log(127.5)  # density * bin width, if delta underflows
-        log_inner = torch.where(delta > 1e-5, torch.log(delta.clamp(min=1e-12)), log_pdf_mid)
-        log_bins = torch.where(y < -0.999, log_cdf_plus, torch.where(y > 0.999, log_one_minus_cdf_minus, log_inner))
+        a = inv_s * (y - means + 1 / 255)
+        b = inv_s * (y - means - 1 / 255)
+        log_below_a = F.logsigmoid(a)  # log P(value < upper edge): the lowest bin's mass
+        log_above_b = F.logsigmoid(-b)  # log P(value > lower edge): the highest bin's mass
+        log_inner = log_below_a + log_above_b + torch.log(-torch.expm1(-2 / 255 * inv_s))  # (b - a = -2 / (255 s))
+        log_bins = torch.where(y < -0.999, log_below_a, torch.where(y > 0.999, log_above_b, log_inner))
         return torch.logsumexp(log_bins + F.log_softmax(logits, dim=2), dim=2)
 
     def nll(self, params, x):
