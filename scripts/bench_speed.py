@@ -82,7 +82,7 @@ def classic(cfg, device: torch.device, epochs: int) -> tuple[list[float], float]
     datamodule.setup("fit")
     config = OmegaConf.to_container(cfg, resolve=True)
     config["compile"] = False
-    model = VAEModule(config).to(device)
+    model = VAEModule.from_config(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
     train_set = datamodule.train_set
     loader = DataLoader(PerSampleImages(train_set.images, train_set.labels), batch_size=cfg.data.batch_size,

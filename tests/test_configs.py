@@ -10,8 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 
 import vaelab
-from vaelab.errors import ConfigError
-from vaelab.module import VAEModule
+from vaelab.errors import ConfigError, instantiate
 from vaelab.train import train
 
 CONF = Path(vaelab.__file__).parent / "conf"
@@ -52,12 +51,12 @@ def test_every_data_model_likelihood_combination_trains(tmp_path, data, model, l
                                     "debug=fast_dev_run", "data.batch_size=16", "data.eval_batch_size=16"])
     metrics = train(cfg)
     assert metrics["test/nelbo"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"], rel=1e-5)
-    module = VAEModule(dict(cfg))  # the shapes of the pieces for 1- and 3-channel data
+    vae = instantiate(cfg.model)  # the shapes of the pieces for 1- and 3-channel data
     c, h, w = cfg.data.shape
     x = torch.rand(2, c, h, w)
-    params = module.decoder(module.posterior(x).mu)
-    assert params.shape == (2, module.likelihood.param_channels(c), h, w)
-    assert module.decode_mean(module.posterior(x).mu).shape == x.shape
+    params = vae.decoder(vae.encode(x).mu)
+    assert params.shape == (2, vae.likelihood.param_channels(c), h, w)
+    assert vae.reconstruct(x).shape == x.shape
 
 
 @pytest.mark.parametrize("objective", options("objective"))
@@ -80,7 +79,7 @@ def test_one_override_changes_each_main_setting(tmp_path):
                                     "likelihood=gaussian", "trainer=gpu"])
     assert cfg.data.shape == [3, 32, 32] and cfg.model.encoder.shape == [3, 32, 32]
     assert cfg.objective.beta == 4 and cfg.model.encoder.latent_dim == 64 and cfg.model.decoder.latent_dim == 64
-    assert cfg.likelihood.scale == 0.1 and cfg.trainer.accelerator == "gpu"
+    assert cfg.model.likelihood.scale == 0.1 and cfg.trainer.accelerator == "gpu"
 
 
 def test_unknown_group_option_names_the_choices():

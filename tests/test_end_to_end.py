@@ -1,7 +1,6 @@
 """End-to-end runs on real data: the CLI as a user runs it, reproducibility, resume, eval, DDP."""
 
 import json
-import math
 import pickle
 import subprocess
 import sys
@@ -92,7 +91,7 @@ def test_cli_run_tensorboard_checkpoint_and_eval(tmp_path):
     assert images <= set(tags["images"])
     assert len(events.Images("images/reconstructions")) == 2  # one per epoch
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
-    assert "latent/kl_per_dim" in tags["histograms"] and "latent/kl_per_dim_bars" in tags["images"]
+    assert "latent/kl_per_dim" in tags["images"]
     assert "latent/test" in (run / "tensorboard" / "projector_config.pbtxt").read_text()
 
     best = run / "checkpoints" / "best.ckpt"
@@ -104,7 +103,7 @@ def test_cli_run_tensorboard_checkpoint_and_eval(tmp_path):
     assert scores["test/nelbo"] == pytest.approx(scores["test/recon"] + scores["test/kl"], rel=1e-6)
     assert f"test/nelbo = {scores['test/nelbo']:.4f}" in evaluated.stdout
     assert scores["test/nll_iw"] < scores["test/nelbo"]  # the IWAE bound is tighter than the ELBO
-    assert scores["test/bpd"] == pytest.approx(scores["test/nll_iw"] / (784 * math.log(2)), rel=1e-6)
+    assert "test/bpd" not in scores and "val/bpd" not in metrics  # Bernoulli on grey levels: not a code length
     assert {"test/active_units", "test/mi"} <= set(scores) and len(scores["test/kl_per_dim"]) == 20
     assert 0.5 < scores["anomaly/auroc_nelbo"] <= 1 and 0.5 < scores["anomaly/auroc_nll_iw"] <= 1
     assert scores["anomaly/inliers"] == scores["anomaly/outliers"] == 10000
@@ -178,7 +177,7 @@ class BreakLikelihoodAtEpoch(L.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch:
-            pl_module.likelihood.scale = 1e-30
+            pl_module.vae.likelihood.scale = 1e-30
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -195,7 +194,7 @@ class CollapseEncoder(L.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         with torch.no_grad():
-            last = pl_module.encoder.head
+            last = pl_module.vae.encoder.head
             last.weight.zero_()
             last.bias.zero_()
 

@@ -5,12 +5,10 @@ import copy
 import pytest
 import torch
 from conftest import DATA_ROOT, compose_config, read_metrics
-from omegaconf import OmegaConf
-from test_maths import tiny_config
+from test_maths import tiny_module
 
 from vaelab.errors import ConfigError
-from vaelab.graph_step import GraphedStep
-from vaelab.module import VAEModule
+from vaelab.graph_step import GraphedStep, graph_safe_training_step
 from vaelab.train import train
 
 FAST = ["debug=limit_batches", f"data.root={DATA_ROOT}", "trainer.enable_progress_bar=false",
@@ -21,7 +19,7 @@ COMPARED = ("train/loss", "train/recon", "train/kl", "val/nelbo", "val/recon", "
 
 def test_compiled_terms_equal_the_eager_terms_and_gradients():
     torch.manual_seed(0)
-    eager = VAEModule(tiny_config())
+    eager = tiny_module().vae
     x, eps = torch.rand(5, 1, 4, 4), torch.randn(2, 5, 3)
     compiled = torch.compile(eager._eager_forward)
 
@@ -77,11 +75,11 @@ def test_bf16_and_channels_last_conv_runs_stay_close_to_float32(tmp_path, overri
 def test_graph_replays_equal_the_eager_steps(precision):
     """Recorded once per batch shape (a full and a smaller last batch) and replayed, the graph-safe
     step gives the parameters, sums and noise of running it eagerly from the same seed."""
-    eager = VAEModule(tiny_config()).cuda()
+    eager = tiny_module().cuda()
     graphed = copy.deepcopy(eager)
-    step = GraphedStep(graphed._graph_safe_step, state=lambda: list(graphed.buffers()))
+    step = GraphedStep(graph_safe_training_step(graphed), state=lambda: list(graphed.buffers()))
     batches = [torch.rand(b, 1, 4, 4, device="cuda").round() for b in (6, 6, 4, 6, 4)]
-    for module, run in ((eager, eager._graph_safe_step), (graphed, step)):
+    for module, run in ((eager, graph_safe_training_step(eager)), (graphed, step)):
         optimizer = torch.optim.Adam(module.parameters(), lr=1e-2, fused=True)
         torch.manual_seed(0)
         for x in batches:  # (autocast around the step only, as Lightning does: its cast weights are cached)
@@ -98,4 +96,4 @@ def test_graph_replays_equal_the_eager_steps(precision):
 def test_cuda_graph_refuses_what_a_recorded_step_cannot_follow(tmp_path, override):
     config = compose_config(tmp_path, ["cuda_graph=true", override])
     with pytest.raises(ConfigError, match="^cuda_graph=true does not support .*: use cuda_graph=false"):
-        VAEModule(OmegaConf.to_container(config, resolve=True))
+        train(config)

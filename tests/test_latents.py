@@ -24,7 +24,12 @@ from vaelab.posteriors import (
     PlanarPosterior,
     planar_u_hat,
 )
-from vaelab.priors import MixtureOfGaussians, StandardNormal, VampPrior, mixture_log_prob
+from vaelab.priors import (
+    MixtureOfGaussians,
+    StandardNormal,
+    VampPrior,
+    mixture_log_prob,
+)
 from vaelab.samplers import GMMSampler, PriorSampler
 
 CONF = Path(vaelab.__file__).parent / "conf"
@@ -181,11 +186,11 @@ def test_posteriors_take_s_samples_per_image(name):
 
 
 def test_bad_flow_settings_are_config_errors():
-    with pytest.raises(ConfigError, match="posterior.steps=0"):
+    with pytest.raises(ConfigError, match="model.posterior.steps=0"):
         IAFPosterior(4, steps=0)
-    with pytest.raises(ConfigError, match="posterior.steps=0"):
+    with pytest.raises(ConfigError, match="model.posterior.steps=0"):
         PlanarPosterior(4, steps=0)
-    with pytest.raises(ConfigError, match="posterior.context=-1"):
+    with pytest.raises(ConfigError, match="model.posterior.context=-1"):
         IAFPosterior(4, context=-1)
     assert IAFPosterior(4).context_dim == 8 and IAFPosterior(4, context=0).context_dim == 0
 
@@ -230,7 +235,7 @@ def test_vamp_pseudo_inputs_can_start_at_images():
     images = torch.rand(3, 1, 2, 2)
     prior.set_pseudo_inputs(images)
     torch.testing.assert_close(prior.pseudo_inputs, images)
-    with pytest.raises(ConfigError, match=r"prior.shape=\[1, 2\]"):
+    with pytest.raises(ConfigError, match=r"model.prior.shape=\[1, 2\]"):
         VampPrior([1, 2], D)
 
 
@@ -350,7 +355,7 @@ def test_gmm_sampler_refuses_to_sample_before_fit_or_to_fit_too_few_latents():
 def test_prior_sampler_draws_the_standard_normal_reproducibly():
     sampler = PriorSampler()
     assert not sampler.needs_fit
-    class Model:  # what the sampler asks of a VAEModule
+    class Model:  # what the sampler asks of a VAE
         def sample_prior(self, n, generator):
             return StandardNormal(4).sample(n, generator=generator)
 

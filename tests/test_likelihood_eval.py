@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_maths import tiny_config
+from test_maths import tiny_config, tiny_module
 from torch.distributions import MultivariateNormal
 
 from vaelab.anomaly import auroc
@@ -17,7 +17,6 @@ from vaelab.metrics import (
     kl_per_dimension,
     mutual_information,
 )
-from vaelab.module import VAEModule
 from vaelab.objectives import IWAE, BetaTC, log_importance_weights
 from vaelab.posteriors import DiagonalGaussian
 from vaelab.priors import standard_normal_log_prob
@@ -36,8 +35,8 @@ def linear_gaussian_vae(posterior=None, prior=None, variance_factor=2.0):
                          shape=(1, 2, 2), latent_dim=2)
     config["model"]["encoder"]["hidden"] = []
     config["model"]["decoder"]["hidden"] = []
-    config["posterior"], config["prior"] = posterior, prior
-    model = VAEModule(config).double()
+    config["model"]["posterior"], config["model"]["prior"] = posterior, prior
+    model = tiny_module(config).vae.double()
     w, b = torch.tensor([[1.0, 0.5], [-0.3, 0.8], [0.6, -0.7], [0.2, 0.4]], dtype=torch.double), \
         torch.tensor([0.1, -0.2, 0.3, 0.0], dtype=torch.double)
     cov = torch.linalg.inv(torch.eye(2, dtype=torch.double) + w.T @ w / SIGMA**2)
@@ -116,14 +115,14 @@ def test_iwae_bound_grows_with_k_and_equals_the_elbo_at_k_one():
 
 def test_iwae_gradient_uses_detached_normalized_weights():
     torch.manual_seed(3)
-    model = VAEModule(tiny_config(latent_dim=2)).double()
+    model = tiny_module(latent_dim=2).vae.double()
     x = torch.rand(4, 1, 4, 4, dtype=torch.double)
     eps = torch.randn(6, 4, 2, dtype=torch.double)
     objective = IWAE(k=6)
 
     def bound():
-        sample = model.latent_sample(model.encode(x), eps)
-        return sample, model._log_px_given(sample.z, x)
+        sample = model.latent_sample(model.encoder_output(x), eps)
+        return sample, model.log_px_given(sample.z, x)
 
     loss = objective(*bound()).loss
     params = list(model.parameters())
@@ -162,8 +161,8 @@ def _discretized_logistic_reference(logits, means, log_scales, min_log_scale=-7.
             s = mpmath.e ** mpmath.mpf(max(log_s, min_log_scale))
             # mass below t (left of the mean) or above t (right of it), so that no difference of
             # two numbers near 1 loses the digits of a tiny bin
-            below = lambda t, mu=mu, s=s: 1 / (1 + mpmath.e ** (-(t - mpmath.mpf(mu)) / s))  # noqa: E731
-            above = lambda t, mu=mu, s=s: 1 / (1 + mpmath.e ** ((t - mpmath.mpf(mu)) / s))  # noqa: E731
+            below = lambda t, mu=mu, s=s: 1 / (1 + mpmath.e ** (-(t - mpmath.mpf(mu)) / s))
+            above = lambda t, mu=mu, s=s: 1 / (1 + mpmath.e ** ((t - mpmath.mpf(mu)) / s))
             upper, lower = y + mpmath.mpf(1) / 255, y - mpmath.mpf(1) / 255
             if y <= mu:
                 p += w * ((1 if v == 255 else below(upper)) - (0 if v == 0 else below(lower)))
@@ -318,7 +317,7 @@ def test_beta_tc_estimates_the_exact_mi_and_total_correlation_of_a_data_set():
         est_qz, est_prod = objective.log_aggregate_posteriors(qb, z)
         mi.append((own - est_qz).mean())
         tc.append((est_qz - est_prod).mean())
-    mean = lambda values: torch.stack(values).mean().item()  # noqa: E731
+    mean = lambda values: torch.stack(values).mean().item()
     assert mean(mi) == pytest.approx(mean(exact_mi), abs=0.35)
     assert mean(tc) == pytest.approx(mean(exact_tc), abs=0.35)
 

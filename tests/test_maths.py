@@ -18,18 +18,25 @@ from vaelab.priors import standard_normal_log_prob
 
 
 def tiny_config(likelihood=None, beta=1.0, shape=(1, 4, 4), latent_dim=3):
+    """A run config (the layout of a resolved vaelab config) of a tiny MLP VAE."""
+    net = {"_partial_": True, "shape": list(shape), "latent_dim": latent_dim, "hidden": [8]}
     return {
         "data": {"shape": list(shape)},
         "model": {
-            "latent_dim": latent_dim,
-            "encoder": {"_target_": "vaelab.nets.mlp.MLPEncoder", "shape": list(shape), "latent_dim": latent_dim, "hidden": [8]},
-            "decoder": {"_target_": "vaelab.nets.mlp.MLPDecoder", "shape": list(shape), "latent_dim": latent_dim, "hidden": [8]},
+            "_target_": "vaelab.vae.VAE", "shape": list(shape), "latent_dim": latent_dim,
+            "encoder": {"_target_": "vaelab.nets.mlp.MLPEncoder", **net},
+            "decoder": {"_target_": "vaelab.nets.mlp.MLPDecoder", **net},
+            "likelihood": likelihood or {"_target_": "vaelab.likelihoods.Bernoulli"},
         },
-        "likelihood": likelihood or {"_target_": "vaelab.likelihoods.Bernoulli"},
         "objective": {"_target_": "vaelab.objectives.ELBO", "beta": beta},
         "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
         "scheduler": None,
     }
+
+
+def tiny_module(config=None, **settings) -> VAEModule:
+    """The VAEModule of ``config`` (default: ``tiny_config(**settings)``)."""
+    return VAEModule.from_config(config or tiny_config(**settings))
 
 
 def test_kl_closed_form_matches_monte_carlo():
@@ -86,19 +93,19 @@ def test_gaussian_nll_fixed_and_learned_scale_match_normal_log_prob():
 
 def test_loss_at_beta_one_is_the_independently_computed_negative_elbo():
     torch.manual_seed(4)
-    model = VAEModule(tiny_config())
+    model = tiny_module()
     x = torch.rand(6, 1, 4, 4)
     with torch.random.fork_rng():
         torch.manual_seed(10)
         terms = model.terms(x)
     with torch.random.fork_rng():
         torch.manual_seed(10)
-        h = model.encoder(x)
+        h = model.vae.encoder(x)
         mu, raw = h.chunk(2, -1)  # the Gaussian posterior needs no further encoder outputs
         logvar = bound_logvar(raw)
         q = Normal(mu, (0.5 * logvar).exp())
         z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape)
-        p_x = torch.sigmoid(model.decoder(z))
+        p_x = torch.sigmoid(model.vae.decoder(z))
         log_px = (x * torch.log(p_x) + (1 - x) * torch.log1p(-p_x)).sum((1, 2, 3))
         kl = kl_divergence(q, Normal(0.0, 1.0)).sum(-1)
         neg_elbo = (-log_px + kl).mean()
@@ -119,13 +126,13 @@ def test_beta_weights_only_the_kl_term_and_nelbo_ignores_beta():
 
 def test_gradients_flow_through_the_reparameterized_sample():
     torch.manual_seed(5)
-    model = VAEModule(tiny_config())
+    vae = tiny_module().vae
     x = torch.rand(6, 1, 4, 4)
-    q = model.posterior(x)
-    recon = model.likelihood.nll(model.decoder(q.rsample()), x).mean()
+    q = vae.encode(x)
+    recon = vae.likelihood.nll(vae.decoder(q.rsample()), x).mean()
     recon.backward()  # the reconstruction term alone reaches the encoder only through z
-    grad = model.encoder.head.weight.grad
-    latent = model.latent_dim
+    grad = vae.encoder.head.weight.grad
+    latent = vae.latent_dim
     assert grad[:latent].abs().sum() > 0, "no gradient reached the posterior mean"
     assert grad[latent:].abs().sum() > 0, "no gradient reached the posterior log-variance"
 
@@ -138,10 +145,10 @@ def test_negative_beta_is_rejected(beta):
 
 def test_latent_dim_below_one_is_rejected():
     with pytest.raises(ConfigError, match="model.latent_dim must be >= 1"):
-        VAEModule(tiny_config(latent_dim=0))
+        tiny_module(latent_dim=0)
 
 
 def test_wrong_image_shape_is_a_clear_error():
-    model = VAEModule(tiny_config())
+    model = tiny_module()
     with pytest.raises(ConfigError, match=r"built for images of shape \[1, 4, 4\] but got \[3, 4, 4\]"):
         model.terms(torch.rand(2, 3, 4, 4))

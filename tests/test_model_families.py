@@ -1,4 +1,4 @@
-"""The model families beyond the vanilla VAE, inside the one VAEModule: flow posteriors, mixture
+"""The model families beyond the vanilla VAE, inside the one VAE: flow posteriors, mixture
 and VampPrior priors, the conditional VAE, semi-supervised M2 and the two-layer ladder model.
 
 The exactness checks use a linear-Gaussian decoder, x = W z + b + sigma * noise, whose marginal
@@ -11,11 +11,10 @@ import math
 import pytest
 import torch
 from test_likelihood_eval import SIGMA, linear_gaussian_vae
-from test_maths import tiny_config
+from test_maths import tiny_config, tiny_module
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from vaelab.errors import ConfigError
-from vaelab.module import VAEModule
 from vaelab.objectives import M2
 from vaelab.posteriors import DiagonalGaussian
 
@@ -54,10 +53,10 @@ def test_iwae_with_a_flow_posterior_converges_to_the_exact_log_likelihood(poster
     torch.testing.assert_close(iwae, log_px, atol=0.05, rtol=0)
     # the flow's log-determinants are far from zero, so leaving them out would miss by far more
     x = exact.sample((50,)).view(50, 1, 2, 2)
-    h = model.encode(x)
+    h = model.encoder_output(x)
     base = DiagonalGaussian.from_encoder_output(h[:, :4])
     eps = torch.randn(100, 50, 2, dtype=torch.double)
-    _, log_q = model.flow(base, h[:, 4:], eps)
+    _, log_q = model.posterior(base, h[:, 4:], eps)
     assert (base.log_prob(base.sample_from_noise(eps)) - log_q).abs().mean() > 0.1
 
 
@@ -89,12 +88,12 @@ def test_iwae_with_a_vampprior_converges_to_its_marginal():
 def test_a_richer_prior_or_posterior_uses_the_monte_carlo_kl():
     torch.manual_seed(0)
     config = tiny_config()
-    config["prior"] = {"_target_": "vaelab.priors.MixtureOfGaussians", "latent_dim": 3, "components": 4}
-    model = VAEModule(config)
+    config["model"]["prior"] = {"_target_": "vaelab.priors.MixtureOfGaussians", "latent_dim": 3, "components": 4}
+    model = tiny_module(config).vae
     sample, _ = model.sample_terms(torch.rand(5, 1, 4, 4), 7)
     assert sample.kl_per_dim is None
     torch.testing.assert_close(sample.kl, (sample.log_q - sample.log_p).mean(0))
-    plain, _ = VAEModule(tiny_config()).sample_terms(torch.rand(5, 1, 4, 4), 7)
+    plain, _ = tiny_module().vae.sample_terms(torch.rand(5, 1, 4, 4), 7)
     torch.testing.assert_close(plain.kl, plain.base.kl_standard_normal())  # closed form where it exists
 
 
@@ -155,52 +154,57 @@ def m2_config():
 
 def test_m2_runs_the_conditional_model_once_per_class():
     torch.manual_seed(0)
-    model = VAEModule(m2_config())
+    model = tiny_module(m2_config())
+    vae = model.vae
     x = torch.rand(4, 1, 4, 4)
     with torch.random.fork_rng():
-        recon, kl = model.per_class_terms(x)
+        recon, kl = vae.per_class_terms(x)
     eps = torch.randn(1, 40, 3)  # the noise per_class_terms drew, class by class
     for c in (0, 3, 9):
         y = torch.full((4,), c)
-        q = model.gaussian_posterior(x, y)
+        q = vae.gaussian_posterior(x, y)
         torch.testing.assert_close(kl[:, c], q.kl_standard_normal())
         z = q.sample_from_noise(eps[:, 4 * c : 4 * (c + 1)])
-        torch.testing.assert_close(recon[:, c], -model._log_px_given(z, x, y)[0])
+        torch.testing.assert_close(recon[:, c], -vae.log_px_given(z, x, y)[0])
     loss = model.terms(x, torch.tensor([3, -1, -1, 5])).loss
     loss.backward()
-    assert model.classifier.net[-1].weight.grad.abs().sum() > 0  # the classifier learns from the loss
+    assert vae.classifier.net[-1].weight.grad.abs().sum() > 0  # the classifier learns from the loss
 
 
 def test_conditional_decoder_output_changes_with_the_label_and_nothing_else():
     torch.manual_seed(0)
     config = tiny_config()
     config["model"]["conditional"] = True
-    model = VAEModule(config)
+    model = tiny_module(config).vae
     z = torch.randn(5, 3)
     y = torch.tensor([0, 1, 2, 3, 4])
-    torch.testing.assert_close(model.decode_mean(z, y), model.decode_mean(z, y))
-    other = model.decode_mean(z, (y + 1) % 10)
-    assert ((model.decode_mean(z, y) - other).abs().amax((1, 2, 3)) > 1e-4).all()
+    torch.testing.assert_close(model.decode(z, y), model.decode(z, y))
+    other = model.decode(z, (y + 1) % 10)
+    assert ((model.decode(z, y) - other).abs().amax((1, 2, 3)) > 1e-4).all()
     with pytest.raises(ConfigError, match="conditional model"):
-        model.decode_mean(z)
+        model.decode(z)
     rows = model.decode_class_rows(z).view(10, 5, 1, 4, 4)  # one row per class, the same z down each column
-    torch.testing.assert_close(rows[7], model.decode_mean(z, torch.full((5,), 7)))
+    torch.testing.assert_close(rows[7], model.decode(z, torch.full((5,), 7)))
 
 
 def test_incompatible_families_are_refused_clearly():
     config = tiny_config()
     config["objective"] = {"_target_": "vaelab.objectives.BetaTC"}
-    config["posterior"] = {"_target_": "vaelab.posteriors.PlanarPosterior", "latent_dim": 3}
+    config["model"]["posterior"] = {"_target_": "vaelab.posteriors.PlanarPosterior", "latent_dim": 3}
     with pytest.raises(ConfigError, match="objective=beta_tc needs posterior=gaussian"):
-        VAEModule(config)
+        tiny_module(config)
     config = m2_config()
     config["model"]["conditional"] = False
-    with pytest.raises(ConfigError, match="objective=m2 needs model.conditional=true"):
-        VAEModule(config)
+    with pytest.raises(ConfigError, match="needs model.conditional=true"):
+        tiny_module(config)
+    config = m2_config()
+    config["objective"] = {"_target_": "vaelab.objectives.ELBO"}
+    with pytest.raises(ConfigError, match="a model.classifier needs objective=m2"):
+        tiny_module(config)
     config = tiny_config()
     config["data"]["labels_per_class"] = 10
     with pytest.raises(ConfigError, match="only objective=m2"):
-        VAEModule(config)
+        tiny_module(config)
 
 
 def test_the_ladder_model_reports_both_layer_kls_and_bounds_log_px():
@@ -208,15 +212,16 @@ def test_the_ladder_model_reports_both_layer_kls_and_bounds_log_px():
     config = tiny_config()
     config["model"]["ladder"] = {"_target_": "vaelab.nets.ladder.LadderLatents", "latent_dim": 3, "top_dim": 2,
                                  "hidden": 8}
-    model = VAEModule(config)
+    model = tiny_module(config)
+    vae = model.vae
     x = torch.bernoulli(torch.rand(6, 1, 4, 4))
     terms = model.terms(x)
     assert set(terms.extra) == {"kl_z1", "kl_z2"}
     assert all(torch.isfinite(v) and v >= 0 for v in terms.extra.values())
     torch.testing.assert_close(terms.kl, terms.extra["kl_z1"] + terms.extra["kl_z2"])
     with torch.no_grad():
-        nelbo = torch.stack([model.nelbo_per_image(x, None) for _ in range(200)]).mean(0)
-        bounds = [-model.iwae_log_likelihood(x, k, chunk=500) for k in (1, 50, 2000)]
+        nelbo = torch.stack([vae.elbo_terms(x).nelbo for _ in range(200)]).mean(0)
+        bounds = [-vae.iwae_log_likelihood(x, k, chunk=500) for k in (1, 50, 2000)]
     assert (bounds[2] < nelbo).all() and bounds[2].mean() < bounds[1].mean()
 
 
@@ -240,7 +245,7 @@ def test_iwae_of_a_linear_ladder_converges_to_its_exact_log_likelihood():
     config["model"]["decoder"]["hidden"] = []
     config["model"]["ladder"] = {"_target_": "vaelab.nets.ladder.LadderLatents", "latent_dim": 2, "top_dim": 2,
                                  "hidden": 4}
-    model = VAEModule(config).double()
+    model = tiny_module(config).vae.double()
     a = torch.tensor([[0.9, -0.4], [0.3, 0.7]], dtype=torch.double)
     c = torch.tensor([0.2, -0.1], dtype=torch.double)
     v = torch.tensor([0.3, 0.5], dtype=torch.double)
@@ -266,11 +271,11 @@ def test_eval_refuses_a_sample_class_the_model_cannot_generate():
     from vaelab.eval import check_sample_class
 
     with pytest.raises(ConfigError, match="sample_class=3 needs a conditional model"):
-        check_sample_class(VAEModule(tiny_config()), 3)
+        check_sample_class(tiny_module().vae, 3)
     config = tiny_config()
     config["model"]["conditional"] = True
-    conditional = VAEModule(config)
+    conditional = tiny_module(config).vae
     with pytest.raises(ConfigError, match=r"sample_class=10 is not a class: choose 0..9"):
         check_sample_class(conditional, 10)
     check_sample_class(conditional, 9)
-    check_sample_class(VAEModule(tiny_config()), None)
+    check_sample_class(tiny_module().vae, None)

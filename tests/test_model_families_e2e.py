@@ -13,8 +13,8 @@ from conftest import (
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+import vaelab
 from vaelab.data.sources import load_dataset
-from vaelab.module import VAEModule
 from vaelab.train import train
 
 pytestmark = pytest.mark.slow
@@ -52,11 +52,11 @@ def test_conditional_vae_generates_the_class_it_is_given(tmp_path):
     grid = events.Images("images/prior_samples")[-1]  # one row of 8 per class: 10 rows
     assert (grid.width, grid.height) == (2 + 8 * 30, 2 + 10 * 30)
 
-    model = VAEModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", map_location="cpu").eval()
+    model = vaelab.load(run)
     labels = torch.arange(10).repeat_interleave(100)
     classifier = mnist_classifier()
     with torch.no_grad():
-        images = model.decode_mean(model.sample_prior(1000, torch.Generator().manual_seed(0)), labels)
+        images = model.sample(1000, labels, torch.Generator().manual_seed(0))
         accuracy = (classifier(images.flatten(1)).argmax(1) == labels).float().mean().item()
     assert accuracy > 0.6  # chance: 0.1
 
@@ -96,7 +96,7 @@ def test_hierarchical_model_logs_both_layers_and_evaluates_with_iwae(tmp_path):
 
 @pytest.mark.parametrize("family", ["posterior=iaf", "posterior=planar", "prior=vamp", "prior=mog"])
 def test_richer_posteriors_and_priors_train_and_evaluate_with_iwae(tmp_path, family):
-    vamp_size = ["prior.components=50"] if family == "prior=vamp" else []
+    vamp_size = ["model.prior.components=50"] if family == "prior=vamp" else []
     cfg = compose_config(tmp_path, [family, *vamp_size, *CPU, "debug=limit_batches", "trainer.max_epochs=1",
                                     "eval.iw_samples=50", "logger=none"])
     metrics = train(cfg)

@@ -13,13 +13,13 @@ from torchmetrics.classification import BinaryAUROC
 
 
 @torch.no_grad()
-def score_images(model, batches, iw_samples: int, iw_chunk: int) -> dict[str, torch.Tensor]:
-    """{"nelbo": [N], "nll_iw": [N]} for every image of ``batches`` (iterable of (x, y))."""
+def score_images(vae, batches, iw_samples: int, iw_chunk: int) -> dict[str, torch.Tensor]:
+    """{"nelbo": [N], "nll_iw": [N]} for every image of ``batches`` (iterable of (x, y)), ``vae`` a ``VAE``."""
     nelbo, nll_iw = [], []
     for x, y in batches:
-        x, y = x.to(model.device), y.to(model.device)
-        nelbo.append(model.nelbo_per_image(x, y).cpu())
-        nll_iw.append((-model.log_likelihood(x, y, iw_samples, iw_chunk)).cpu())
+        x, y = x.to(vae.device), y.to(vae.device)
+        nelbo.append(vae.elbo_terms(x, y).nelbo.cpu())
+        nll_iw.append((-vae.log_likelihood(x, iw_samples, y, iw_chunk)).cpu())
     return {"nelbo": torch.cat(nelbo), "nll_iw": torch.cat(nll_iw)}
 
 

@@ -23,42 +23,36 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid
 
 from vaelab import anomaly
+from vaelab.callbacks.diagnostics import LatentDiagnostics
+from vaelab.checkpoints import load_module
 from vaelab.data.device_loader import DeviceBatches
 from vaelab.entry import log, pin_run_dir, task_wrapper
-from vaelab.errors import ConfigError, VaelabError, instantiate
+from vaelab.errors import ConfigError, instantiate
 from vaelab.files import save_image_atomic, write_json_atomic
-from vaelab.module import VAEModule
+from vaelab.metric_info import RunFacts, about, table
 from vaelab.samplers import PriorSampler
+from vaelab.vae import VAE
 
 
-def load_checkpoint(path: str) -> VAEModule:
-    if not Path(path).is_file():
-        raise VaelabError(f"checkpoint not found: ckpt_path={path}; pass the path of a .ckpt file from a run folder")
-    try:
-        return VAEModule.load_from_checkpoint(path, map_location="cpu")
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise VaelabError(f"{path} is not a vaelab checkpoint or is corrupt ({type(err).__name__}: {err})") from err
-
-
-def datamodule_for(model: VAEModule, cfg: DictConfig, **overrides):
-    """The checkpoint's dataset, read from where this machine keeps it (``cfg.data``)."""
-    data_cfg = {**model.hparams.config["data"], **{k: v for k, v in cfg.data.items() if v is not None}, **overrides}
+def datamodule_for(run_data: dict, cfg: DictConfig, **overrides):
+    """The checkpoint's dataset (its run's ``data`` config), read from where this machine keeps it (``cfg.data``)."""
+    data_cfg = {**run_data, **{k: v for k, v in cfg.data.items() if v is not None}, **overrides}
     return instantiate(OmegaConf.create(data_cfg))
 
 
-def detect_anomalies(model: VAEModule, cfg: DictConfig, datamodule, out: Path) -> dict[str, float]:
+def detect_anomalies(vae: VAE, run_data: dict, cfg: DictConfig, datamodule, out: Path) -> dict[str, float]:
     """AUROC of the nelbo and IWAE scores for in-distribution against out-of-distribution test images."""
     settings = cfg.anomaly
     if settings.ood_data and settings.holdout_class is not None:
         raise ConfigError("give anomaly.ood_data or anomaly.holdout_class, not both")
     k, chunk = cfg.eval.iw_samples or 100, cfg.eval.iw_chunk
-    inliers = anomaly.score_images(model, datamodule.test_dataloader(), k, chunk)
+    inliers = anomaly.score_images(vae, datamodule.test_dataloader(), k, chunk)
     if settings.ood_data:
-        mirrors = [*model.hparams.config["data"].get("extra_mirrors", []), *settings.ood_extra_mirrors]
-        other = datamodule_for(model, cfg, name=settings.ood_data, extra_mirrors=mirrors, exclude_classes=[])
+        mirrors = [*run_data.get("extra_mirrors", []), *settings.ood_extra_mirrors]
+        other = datamodule_for(run_data, cfg, name=settings.ood_data, extra_mirrors=mirrors, exclude_classes=[])
         other.setup("test")
-        outliers = anomaly.score_images(model, other.test_dataloader(), k, chunk)
-        names = (model.hparams.config["data"]["name"], settings.ood_data)
+        outliers = anomaly.score_images(vae, other.test_dataloader(), k, chunk)
+        names = (run_data["name"], settings.ood_data)
     else:
         labels = datamodule.test_set.labels
         held_out = labels == int(settings.holdout_class)
@@ -83,79 +77,80 @@ def detect_anomalies(model: VAEModule, cfg: DictConfig, datamodule, out: Path) -
 
 
 @torch.no_grad()
-def training_latents(model: VAEModule, datamodule, seed: int) -> torch.Tensor:
+def training_latents(vae: VAE, datamodule, seed: int) -> torch.Tensor:
     """Posterior means of every training image [N, D] (conditional models: given the true label)."""
     datamodule.setup("fit")
     train = datamodule.train_set
     batches = DeviceBatches(train.images, train.labels, datamodule.eval_batch_size, shuffle=False, seed=seed,
                             binarize=train.binarize)
-    return torch.cat([model.posterior(x.to(model.device), y.to(model.device)).mu.float().cpu() for x, y in batches])
+    return torch.cat([vae.encode(x.to(vae.device), y.to(vae.device)).mu.float().cpu() for x, y in batches])
 
 
-def check_sample_class(model: VAEModule, sample_class: int | None) -> None:
+def check_sample_class(vae: VAE, sample_class: int | None) -> None:
     if sample_class is None:
         return
-    if not model.conditional:
+    if not vae.conditional:
         raise ConfigError(f"sample_class={sample_class} needs a conditional model (model.conditional=true); "
                           "this checkpoint's model is unconditional: leave sample_class=null")
-    if not 0 <= sample_class < model.num_classes:
-        raise ConfigError(f"sample_class={sample_class} is not a class: choose 0..{model.num_classes - 1}")
+    if not 0 <= sample_class < vae.num_classes:
+        raise ConfigError(f"sample_class={sample_class} is not a class: choose 0..{vae.num_classes - 1}")
 
 
 @torch.no_grad()
-def sample_grids(model: VAEModule, cfg: DictConfig, datamodule) -> dict[str, tuple[torch.Tensor, int]]:
+def sample_grids(vae: VAE, cfg: DictConfig, datamodule) -> dict[str, tuple[torch.Tensor, int]]:
     """{sampler name: (decoded samples, images per row)} for the prior and, with sampler=gmm, the
     mixture fitted to the training latents. A conditional model decodes one row per class (the
     same draws in every row), or ``sample_class`` alone."""
     samplers = {"prior": PriorSampler()}
     chosen = instantiate(cfg.sampler)
     if chosen.needs_fit:
-        chosen.fit(training_latents(model, datamodule, cfg.seed))
+        chosen.fit(training_latents(vae, datamodule, cfg.seed))
         samplers[HydraConfig.get().runtime.choices.sampler] = chosen
     grids = {}
     for name, sampler in samplers.items():
-        if model.conditional and cfg.sample_class is None:  # one row per class, the same draws in each
-            per_row = max(1, cfg.num_samples // model.num_classes)
-            grids[name] = (model.decode_class_rows(sampler.sample(per_row, model, seed=cfg.seed).to(model.device)),
-                           per_row)
+        if vae.conditional and cfg.sample_class is None:  # one row per class, the same draws in each
+            per_row = max(1, cfg.num_samples // vae.num_classes)
+            grids[name] = (vae.decode_class_rows(sampler.sample(per_row, vae, seed=cfg.seed).to(vae.device)), per_row)
         else:
-            z = sampler.sample(cfg.num_samples, model, seed=cfg.seed).to(model.device)
-            y = torch.full((len(z),), int(cfg.sample_class), device=z.device) if model.conditional else None
-            grids[name] = (model.decode_mean(z, y), 8)
+            z = sampler.sample(cfg.num_samples, vae, seed=cfg.seed).to(vae.device)
+            y = torch.full((len(z),), int(cfg.sample_class), device=z.device) if vae.conditional else None
+            grids[name] = (vae.decode(z, y), 8)
     return grids
 
 
 def evaluate(cfg: DictConfig) -> dict:
     pin_run_dir()
     L.seed_everything(cfg.seed, workers=True)
-    model = load_checkpoint(cfg.ckpt_path)
-    check_sample_class(model, cfg.sample_class)
-    model.iw_samples, model.iw_chunk = int(cfg.eval.iw_samples), int(cfg.eval.iw_chunk)
-    datamodule = datamodule_for(model, cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
-    metrics = {k: float(v) for k, v in trainer.test(model, datamodule=datamodule)[0].items()}
-    metrics["test/kl_per_dim"] = model.kl_per_dim["test"].tolist()
+    module = load_module(cfg.ckpt_path)
+    vae, run_data = module.vae, module.hparams.config["data"]
+    check_sample_class(vae, cfg.sample_class)
+    module.iw_samples, module.iw_chunk = int(cfg.eval.iw_samples), int(cfg.eval.iw_chunk)
+    datamodule = datamodule_for(run_data, cfg)
+    diagnostics = LatentDiagnostics()
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[diagnostics])
+    metrics = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
+    if "test" in diagnostics.kl_per_dim:
+        metrics["test/kl_per_dim"] = diagnostics.kl_per_dim["test"].tolist()
     if trainer.global_rank != 0:  # under DDP the metrics are already reduced; rank 0 writes the files
         return metrics
 
     out = Path(cfg.paths.output_dir)
-    model.eval()
+    vae.eval()
     with torch.no_grad():
         x, y = datamodule.examples(cfg.num_reconstructions, "test")
-        x, y = x.to(model.device), y.to(model.device)
-        recon = model.decode_mean(model.posterior(x, y).mu, y)
+        x, y = x.to(vae.device), y.to(vae.device)
+        recon = vae.reconstruct(x, y)
     save_image_atomic(make_grid(torch.cat([x, recon]).cpu(), nrow=len(x), pad_value=0.5), out / "reconstructions.png")
-    for name, (images, per_row) in sample_grids(model, cfg, datamodule).items():
+    for name, (images, per_row) in sample_grids(vae, cfg, datamodule).items():
         save_image_atomic(make_grid(images.cpu(), nrow=per_row, pad_value=0.5), out / f"samples_{name}.png")
     if cfg.anomaly.ood_data or cfg.anomaly.holdout_class is not None:
-        metrics.update(detect_anomalies(model, cfg, datamodule, out))
+        metrics.update(detect_anomalies(vae, run_data, cfg, datamodule, out))
 
-    record = {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve()), "seed": cfg.seed,
-              "iw_samples": cfg.eval.iw_samples}
+    facts = RunFacts.of(module)
+    record = {**metrics, "about": about(metrics, facts), "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+              "seed": cfg.seed, "iw_samples": cfg.eval.iw_samples}
     write_json_atomic(out / "metrics.json", record)
-    for name, value in sorted(metrics.items()):
-        if not isinstance(value, list):
-            print(f"{name} = {value:.4f}")
+    print(table(metrics, facts), flush=True)
     log.info("wrote metrics.json and pictures to %s", out)
     return record
 

@@ -20,6 +20,7 @@ tests exercise this path.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -71,3 +72,37 @@ class GraphedStep:
             tensor.copy_(value)
         torch.cuda.set_rng_state(rng, x.device)
         return graph.replay, static_x, static_y, out
+
+
+def graph_safe_training_step(module) -> StepFunction:
+    """The training step of a ``VAEModule`` as a graph-safe function of (x, y): the forward pass,
+    the gradients (written into each parameter's ``.grad`` in place) and the running sums, with
+    nothing that waits for the device or changes between steps outside the module's tensors (the
+    KL schedule is step-independent: ``VAEModule.check_trainer`` refuses the others)."""
+
+    def step(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        t = module.terms(x, y, 0)
+        params = [p for p in module.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(t.loss, params, allow_unused=True)
+        for p, g in zip(params, grads, strict=True):
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            if g is not None:
+                p.grad.copy_(g)
+        return module.record_step(t, len(x))
+
+    return step
+
+
+def carry_optimizer_steps(checkpoint: dict, manual: bool) -> None:
+    """Lightning counts optimizer steps (global_step) in its automatic-optimization loop, or in its
+    manual one with cuda_graph=true: a checkpoint written with the other setting has its count in
+    the other loop, which is copied here so that a run resumed on either path goes on counting."""
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not loop or "epoch_loop.manual_optimization.optim_step_progress" not in loop:
+        return
+    automatic = loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]
+    manual_steps = loop["epoch_loop.manual_optimization.optim_step_progress"]
+    source, target = (automatic, manual_steps) if manual else (manual_steps, automatic)
+    if target["total"]["completed"] == 0:
+        target.update(copy.deepcopy(source))

@@ -17,11 +17,15 @@ from vaelab.errors import ConfigError
 
 
 class Likelihood(nn.Module):
-    """Base class: p(x|params) factorized over pixels. ``discrete``: a probability mass over
-    the possible pixel values (so that -log p is a code length and bits/dim mean something)."""
+    """Base class: p(x|params) factorized over pixels."""
 
     params_per_channel: int = 1
-    discrete: bool = False
+
+    def probability_mass_on(self, binarized: bool) -> bool:
+        """Whether p(x|z) is a probability mass over the values the data take (8-bit intensities,
+        or 0 and 1 for binarized images), so that -log p(x) is a code length and bits per dimension
+        mean something."""
+        return False
 
     def param_channels(self, channels: int) -> int:
         return channels * self.params_per_channel
@@ -39,11 +43,13 @@ class Bernoulli(Likelihood):
     """p(x|z) = prod_i p_i^x_i (1-p_i)^(1-x_i), p = sigmoid(logits), for x in [0, 1].
 
     For non-binary intensities this is the usual 'binary cross-entropy' of the
-    classic PyTorch VAE example (not a normalized density over [0, 1]); on binarized
-    data (``data.binarize=dynamic|static``) it is a proper probability mass.
+    classic PyTorch VAE example (not a normalized density over [0, 1]: its "NLL" is the bound
+    of a continuous relaxation, not a code length); on binarized data
+    (``data.binarize=dynamic|static``) it is a proper probability mass.
     """
 
-    discrete = True
+    def probability_mass_on(self, binarized: bool) -> bool:
+        return binarized
 
     def nll(self, params, x):
         return F.binary_cross_entropy_with_logits(params, x, reduction="none").flatten(1).sum(-1)
@@ -64,10 +70,10 @@ class Gaussian(Likelihood):
                  min_log_scale: float = -4.0, max_log_scale: float = 2.0):
         super().__init__()
         if not learn_scale and scale <= 0:
-            raise ConfigError(f"likelihood.scale must be > 0, got {scale}: pass likelihood.scale=<positive number>")
+            raise ConfigError(f"model.likelihood.scale must be > 0, got {scale}: pass model.likelihood.scale=<positive number>")
         if min_log_scale >= max_log_scale:
             raise ConfigError(
-                f"likelihood.min_log_scale ({min_log_scale}) must be below likelihood.max_log_scale ({max_log_scale})"
+                f"model.likelihood.min_log_scale ({min_log_scale}) must be below model.likelihood.max_log_scale ({max_log_scale})"
             )
         self.learn_scale = learn_scale
         self.scale = scale
@@ -109,15 +115,16 @@ class DiscretizedLogistic(Likelihood):
     log s) for each of the K components of each channel.
     """
 
-    discrete = True
-
     def __init__(self, components: int = 5, min_log_scale: float = -7.0):
         super().__init__()
         if components < 1:
-            raise ConfigError(f"likelihood.components must be >= 1, got {components}")
+            raise ConfigError(f"model.likelihood.components must be >= 1, got {components}")
         self.components = components
         self.min_log_scale = min_log_scale
         self.params_per_channel = 3 * components
+
+    def probability_mass_on(self, binarized: bool) -> bool:
+        return True  # over the 256 values of 8-bit pixels, binarized ones (0 and 255) included
 
     def _split(self, params: torch.Tensor):
         b, _, h, w = params.shape
@@ -144,3 +151,8 @@ class DiscretizedLogistic(Likelihood):
         logits, means, _ = self._split(params)
         y = (torch.softmax(logits, dim=2) * means).sum(2)
         return ((y + 1) / 2).clamp(0, 1)
+
+
+def reports_bits_per_dim(likelihood: Likelihood, binarize: str) -> bool:
+    """Whether a run with this likelihood and ``data.binarize`` setting reports bits per dimension."""
+    return likelihood.probability_mass_on(binarize != "none")

@@ -59,17 +59,23 @@ def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.
 
     the first term in closed form (minus the Gaussian entropy), the second with one z_i ~ q(z|x_i)
     per image and log q(z_i) = logsumexp_n log q(z_i|x_n) - log N (Hoffman & Johnson 2016;
-    He et al. 2019). Bounded by log N."""
+    He et al. 2019). Bounded by log N. The N x N log-densities are matrix products,
+
+        -2 log q(z_i|x_n) = (z_i^2) . (1/s_n^2) - 2 z_i . (m_n / s_n^2) + sum_d (m_nd^2 / s_nd^2 + log s_nd^2) + D log 2 pi,
+
+    in float64 (no [N, N, D] tensor), ``chunk`` rows of z at a time."""
     n, d = mu.shape
+    mu, logvar = mu.double(), logvar.double()
     neg_entropy = (-0.5 * d * math.log(2 * math.pi) - 0.5 * (1 + logvar).sum(1)).mean()
     eps = torch.randn(mu.shape, generator=generator, device="cpu").to(mu.device, mu.dtype)
     z = mu + (0.5 * logvar).exp() * eps
-    inv_var = (-logvar).exp()
-    log_norm = -0.5 * (logvar.sum(1) + d * math.log(2 * math.pi))  # [N]
+    inv_var = (-logvar).exp()  # [N, D]
+    scaled_mu = mu * inv_var
+    const = ((mu * scaled_mu).sum(1) + logvar.sum(1) + d * math.log(2 * math.pi))  # [N]
     log_qz = []
     for zc in z.split(chunk):
-        sq = ((zc.unsqueeze(1) - mu.unsqueeze(0)) ** 2 * inv_var.unsqueeze(0)).sum(-1)  # [c, N]
-        log_qz.append(torch.logsumexp(log_norm.unsqueeze(0) - 0.5 * sq, dim=1) - math.log(n))
+        quadratic = (zc**2) @ inv_var.T - 2 * zc @ scaled_mu.T + const  # [c, N]
+        log_qz.append(torch.logsumexp(-0.5 * quadratic, dim=1) - math.log(n))
     return float(neg_entropy - torch.cat(log_qz).mean())
 
 

@@ -48,6 +48,11 @@ class DiagonalGaussian:
         return cls(mu, bound_logvar(raw_logvar, cls.LOGVAR_MIN, cls.LOGVAR_MAX))
 
     @property
+    def mean(self) -> torch.Tensor:
+        """E[z|x] = mu."""
+        return self.mu
+
+    @property
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
 
@@ -180,11 +185,11 @@ class IAFPosterior(torch.nn.Module):
         self, latent_dim: int, steps: int = 2, hidden: int = 256, context: int | None = None, forget_bias: float = 1.0
     ):
         super().__init__()
-        check_integer("posterior.latent_dim", latent_dim)
-        check_integer("posterior.steps", steps)
-        check_integer("posterior.hidden", hidden)
+        check_integer("model.posterior.latent_dim", latent_dim)
+        check_integer("model.posterior.steps", steps)
+        check_integer("model.posterior.hidden", hidden)
         context = 2 * latent_dim if context is None else context
-        check_integer("posterior.context", context, minimum=0)
+        check_integer("model.posterior.context", context, minimum=0)
         self.latent_dim = latent_dim
         self.context_dim = int(context)
         order = torch.arange(1, latent_dim + 1)
@@ -231,8 +236,8 @@ class PlanarPosterior(torch.nn.Module):
 
     def __init__(self, latent_dim: int, steps: int = 8):
         super().__init__()
-        check_integer("posterior.latent_dim", latent_dim)
-        check_integer("posterior.steps", steps)
+        check_integer("model.posterior.latent_dim", latent_dim)
+        check_integer("model.posterior.steps", steps)
         self.latent_dim = latent_dim
         self.num_steps = steps
         self.context_dim = steps * (2 * latent_dim + 1)

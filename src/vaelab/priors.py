@@ -64,7 +64,7 @@ class StandardNormal(torch.nn.Module):
 
     def __init__(self, latent_dim: int):
         super().__init__()
-        check_integer("prior.latent_dim", latent_dim)
+        check_integer("model.prior.latent_dim", latent_dim)
         self.latent_dim = latent_dim
         # no parameters: an empty buffer tells which device and dtype samples go to
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
@@ -92,10 +92,10 @@ class MixtureOfGaussians(torch.nn.Module):
 
     def __init__(self, latent_dim: int, components: int = 10, init_scale: float = 1.0, init_logvar: float = 0.0):
         super().__init__()
-        check_integer("prior.latent_dim", latent_dim)
-        check_integer("prior.components", components)
+        check_integer("model.prior.latent_dim", latent_dim)
+        check_integer("model.prior.components", components)
         if not init_scale >= 0:
-            raise ConfigError(f"prior.init_scale={init_scale} is invalid: the spread of the initial means must be >= 0")
+            raise ConfigError(f"model.prior.init_scale={init_scale} is invalid: the spread of the initial means must be >= 0")
         self.latent_dim = latent_dim
         self.means = torch.nn.Parameter(init_scale * torch.randn(components, latent_dim))
         self.raw_logvar = torch.nn.Parameter(torch.full((components, latent_dim), float(init_logvar)))
@@ -129,13 +129,13 @@ class VampPrior(torch.nn.Module):
         self, shape, latent_dim: int, components: int = 500, init_mean: float = 0.05, init_std: float = 0.01
     ):
         super().__init__()
-        check_integer("prior.latent_dim", latent_dim)
-        check_integer("prior.components", components)
+        check_integer("model.prior.latent_dim", latent_dim)
+        check_integer("model.prior.components", components)
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1:
-            raise ConfigError(f"prior.shape={list(shape)} is invalid: it must be the images' [C, H, W] (data.shape)")
+            raise ConfigError(f"model.prior.shape={list(shape)} is invalid: it must be the images' [C, H, W] (data.shape)")
         if not init_std >= 0:
-            raise ConfigError(f"prior.init_std={init_std} is invalid: it must be >= 0")
+            raise ConfigError(f"model.prior.init_std={init_std} is invalid: it must be >= 0")
         self.latent_dim = latent_dim
         self.shape = shape
         self.raw_pseudo_inputs = torch.nn.Parameter(init_mean + init_std * torch.randn(components, *shape))

@@ -4,8 +4,8 @@ Every sampler has
 
     needs_fit   whether ``fit`` must see the training set's latents first;
     fit(z [N, D]);
-    sample(n, model, seed=0) -> z [n, D] (float32, on the CPU), the same for the same seed; ``model``
-                (the VAEModule) is what PriorSampler draws from (``model.sample_prior``).
+    sample(n, vae, seed=0) -> z [n, D] (float32, on the CPU), the same for the same seed; ``vae``
+                (the ``VAE``) is what PriorSampler draws from (``vae.sample_prior``).
 
 ``PriorSampler`` draws from the model's prior p(z). ``GMMSampler`` draws from a Gaussian mixture
 fitted to the latents of the training set, i.e. to the aggregate posterior q(z) = E_x q(z|x),
@@ -29,10 +29,10 @@ class PriorSampler:
     def fit(self, z: torch.Tensor) -> None:
         """Nothing to fit."""
 
-    def sample(self, n: int, model, seed: int = 0) -> torch.Tensor:
+    def sample(self, n: int, vae, seed: int = 0) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            z = model.sample_prior(n, generator)
+            z = vae.sample_prior(n, generator)
         return z.detach().float().cpu()
 
 
@@ -115,8 +115,8 @@ class GMMSampler:
         mu = self.mean()
         return second - torch.outer(mu, mu)
 
-    def sample(self, n: int, model=None, seed: int = 0) -> torch.Tensor:
-        """Draw a component k ~ w, then z = mu_k + L_k eps with L_k L_k^T = Sigma_k; the model is not used."""
+    def sample(self, n: int, vae=None, seed: int = 0) -> torch.Tensor:
+        """Draw a component k ~ w, then z = mu_k + L_k eps with L_k L_k^T = Sigma_k; the VAE is not used."""
         self._check_fitted()
         generator = torch.Generator().manual_seed(seed)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)

@@ -12,8 +12,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab import run_info
 from vaelab.callbacks.final_metrics import epoch_metrics
-from vaelab.entry import instantiate_each, log, pin_run_dir, refuse_ddp_in_multirun, task_wrapper
+from vaelab.entry import (
+    instantiate_each,
+    log,
+    pin_run_dir,
+    refuse_ddp_in_multirun,
+    task_wrapper,
+)
 from vaelab.errors import instantiate
+from vaelab.metric_info import RunFacts, table
 from vaelab.module import VAEModule
 
 
@@ -26,11 +33,12 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    model = VAEModule(OmegaConf.to_container(cfg, resolve=True))
+    model = VAEModule.from_config(OmegaConf.to_container(cfg, resolve=True))
     callbacks = [*instantiate_each(cfg.get("callbacks")), *extra_callbacks]
     loggers = instantiate_each(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     refuse_ddp_in_multirun(trainer)
+    model.check_trainer(trainer)
 
     log.info("training %s on %s", cfg.model.encoder._target_.rsplit(".", 1)[-1], cfg.data.name)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -39,9 +47,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             log.warning("no best checkpoint was saved: testing the weights of the last step")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update(epoch_metrics(trainer))
-    log.info("final metrics: %s", {k: round(v, 3) for k, v in sorted(metrics.items())})
+    if trainer.is_global_zero:
+        print(f"{table(metrics, RunFacts.of(model))}\nrun folder: {cfg.paths.output_dir} "
+              f"(tensorboard --logdir {cfg.paths.output_dir})", flush=True)
     return metrics
 
 

@@ -12,3 +12,8 @@ def tensorboard_writer(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
+
+
+def find_callback(trainer: L.Trainer, kind: type):
+    """The trainer's callback of this class, or None."""
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)

@@ -1,24 +1,98 @@
-"""The KL of each latent dimension in TensorBoard, after every validation."""
+"""Latent diagnostics after every validation and test: active units, mutual information, the KL of
+each latent dimension, and the collapse warning."""
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
+import torch
+from torchmetrics import CatMetric
 
 from vaelab.callbacks import tensorboard_writer
+from vaelab.metrics import active_units, kl_per_dimension, mutual_information
+
+log = logging.getLogger("vaelab")
 
 
 class LatentDiagnostics(L.Callback):
-    """Logs ``latent/kl_per_dim`` as a histogram (how many dimensions carry how many nats) and
-    ``latent/kl_per_dim_bars`` as a bar chart (nats per dimension), from the validation set's
-    posteriors (computed by the module, with ``val/active_units`` and ``val/mi``)."""
+    """From the Gaussian posteriors of all the stage's images (each evaluation step of the
+    ``VAEModule`` returns its batch's; under DDP they are gathered from every process):
+
+    - ``<stage>/active_units``: dimensions d with Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2016);
+    - ``<stage>/mi``: I(x; z) under the aggregate posterior (``metrics.mutual_information``);
+    - the KL of each latent dimension, KL(q(z_d|x) || N(0, 1)) averaged over images, only where it
+      is the model's KL (``VAE.closed_form_kl``: Gaussian posterior, standard-normal prior, one
+      latent layer): kept in ``kl_per_dim`` for metrics.json and drawn in TensorBoard as the bar
+      chart ``latent/kl_per_dim``.
+
+    The posterior is ``VAE.encode``'s Gaussian: for ``posterior=iaf|planar`` the base z0 before
+    the flow, for ``model=hierarchical`` z1 given z2 = E[z2|x]; active units and MI measure that
+    variable. After each validation and test it warns when the model's own KL (``<stage>/kl``; for
+    the two-layer model each layer's) is below ``collapse_nats``: the latents carry almost no
+    information.
+    """
+
+    def __init__(self, collapse_nats: float = 0.1):
+        self.collapse_nats = collapse_nats
+        self.posteriors: dict[str, CatMetric] = {}
+        self.kl_per_dim: dict[str, torch.Tensor] = {}  # latest per stage, for metrics.json
+
+    def _collect(self, stage: str, pl_module, posterior) -> None:
+        if stage not in self.posteriors:
+            self.posteriors[stage] = CatMetric(nan_strategy="disable")
+        metric = self.posteriors[stage].to(pl_module.device)
+        metric.update(torch.cat([posterior.mu, posterior.logvar], dim=1).float())
+
+    def _compute(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        metric = self.posteriors.get(stage)
+        if metric is None or not metric.update_count:
+            return
+        posteriors = metric.compute().float()  # a collective under DDP: every process calls it
+        metric.reset()
+        if trainer.sanity_checking:
+            return
+        mu, logvar = posteriors.chunk(2, dim=1)
+        pl_module.log_dict({f"{stage}/active_units": float(active_units(mu)),
+                            f"{stage}/mi": mutual_information(mu, logvar, torch.Generator().manual_seed(0))},
+                           on_step=False, on_epoch=True)
+        if pl_module.vae.closed_form_kl:
+            self.kl_per_dim[stage] = kl_per_dimension(mu, logvar).cpu()
+
+    def _warn_if_collapsed(self, trainer: L.Trainer, stage: str) -> None:
+        metrics = trainer.callback_metrics
+        layers = [name for name in metrics if name.startswith(f"{stage}/kl_z")] or [f"{stage}/kl"]
+        for name in layers:
+            if name in metrics and float(metrics[name]) < self.collapse_nats:
+                log.warning(
+                    "%s: the posterior has collapsed (%s = %.3f nats, %d active units): the latents carry almost no "
+                    "information; try kl_schedule=free_bits or kl_schedule=cyclical, or a lower objective.beta",
+                    stage, name, float(metrics[name]), int(metrics.get(f"{stage}/active_units", -1)),
+                )
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect("val", pl_module, outputs)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect("test", pl_module, outputs)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._compute(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._compute(trainer, pl_module, "test")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
-        writer = tensorboard_writer(trainer)
-        kl = pl_module.kl_per_dim.get("val")
-        if writer is None or kl is None or not trainer.is_global_zero or trainer.sanity_checking:
+        if trainer.sanity_checking:
             return
-        writer.add_histogram("latent/kl_per_dim", kl, global_step=trainer.current_epoch)
-        writer.add_figure("latent/kl_per_dim_bars", bar_chart(kl), global_step=trainer.current_epoch)
+        self._warn_if_collapsed(trainer, "val")
+        writer = tensorboard_writer(trainer)
+        kl = self.kl_per_dim.get("val")
+        if writer is not None and kl is not None and trainer.is_global_zero:
+            writer.add_figure("latent/kl_per_dim", bar_chart(kl), global_step=trainer.global_step)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._warn_if_collapsed(trainer, "test")
 
 
 def bar_chart(kl):

@@ -23,7 +23,7 @@ class LatentEmbedding(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
-            mu = torch.cat([pl_module.posterior(xc.to(pl_module.device), yc.to(pl_module.device)).mu.cpu()
+            mu = torch.cat([pl_module.vae.encode(xc.to(pl_module.device), yc.to(pl_module.device)).mu.cpu()
                             for xc, yc in zip(x.split(500), y.split(500), strict=True)])
         pl_module.train(was_training)
-        writer.add_embedding(mu, metadata=y.tolist(), label_img=x, global_step=trainer.current_epoch, tag="latent/test")
+        writer.add_embedding(mu, metadata=y.tolist(), label_img=x, global_step=trainer.global_step, tag="latent/test")

@@ -1,0 +1,98 @@
+"""Reading vaelab checkpoints: each carries its run's resolved config, so it rebuilds its model alone.
+
+- ``load(path, device)``: the ``VAE`` of a run folder or ``.ckpt`` file, in eval mode, for use
+  from Python (``vaelab.load``);
+- ``load_module(path)``: the whole ``VAEModule`` (objective, optimizer settings, evaluation
+  settings), as ``vaelab.eval`` needs it;
+- ``upgrade(checkpoint)``: checkpoints written before the model was split from the
+  LightningModule (vaelab 0.1.0: ``likelihood``, ``posterior`` and ``prior`` as top-level config
+  groups, the parts' parameters at the module's top level, the posterior family as ``flow``)
+  are brought to the current layout, so they load and resume as before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaelab.errors import VaelabError, instantiate
+from vaelab.vae import VAE
+
+# the VAE's parts as the LightningModule held them before the split -> their names in the VAE
+_PARTS_BEFORE_SPLIT = {"encoder": "encoder", "decoder": "decoder", "likelihood": "likelihood", "flow": "posterior",
+                       "prior": "prior", "ladder": "ladder", "classifier": "classifier"}
+
+
+def _model_config_before_split(config: dict[str, Any]) -> dict[str, Any]:
+    """The nested ``model`` config of the current layout for a config of vaelab 0.1.0."""
+    model = dict(config["model"])
+    data = config["data"]
+    return {
+        "_target_": "vaelab.vae.VAE", "shape": data["shape"], "num_classes": data.get("num_classes", 10),
+        **model,
+        "encoder": {**model["encoder"], "_partial_": True}, "decoder": {**model["decoder"], "_partial_": True},
+        "likelihood": config["likelihood"], "posterior": config.get("posterior"), "prior": config.get("prior"),
+    }
+
+
+def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Bring a checkpoint of an earlier layout to the current one, in place; returns it."""
+    config = checkpoint.get("hyper_parameters", {}).get("config")
+    if config is not None and "_target_" not in config["model"]:
+        config["model"] = _model_config_before_split(config)
+        for group in ("likelihood", "posterior", "prior"):
+            config.pop(group, None)
+    state = checkpoint.get("state_dict", {})
+    for key in list(state):
+        part, _, rest = key.partition(".")
+        if part in _PARTS_BEFORE_SPLIT:
+            state[f"vae.{_PARTS_BEFORE_SPLIT[part]}.{rest}"] = state.pop(key)
+    return checkpoint
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A ``.ckpt`` file, or a run folder's ``checkpoints/best.ckpt`` (else its ``last.ckpt``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise VaelabError(f"{path} holds no checkpoints/best.ckpt or checkpoints/last.ckpt: pass a run folder or a .ckpt file")
+    if not path.is_file():
+        raise VaelabError(f"checkpoint not found: {path}; pass the path of a .ckpt file or of a run folder")
+    return path
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents in the current layout (on the CPU), or one clear error."""
+    path = checkpoint_file(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # unpickling errors, a truncated zip
+        raise VaelabError(f"{path} is corrupt or not a checkpoint ({type(err).__name__}: {err})") from err
+    config = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(config, dict) or "model" not in config or "state_dict" not in checkpoint:
+        raise VaelabError(f"{path} is not a vaelab checkpoint (it holds no run config and weights): "
+                          "pass a checkpoint written by vaelab.train")
+    return upgrade(checkpoint)
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> VAE:
+    """The trained ``VAE`` of a run folder or checkpoint, in eval mode on ``device``."""
+    checkpoint = read(path)
+    vae: VAE = instantiate(checkpoint["hyper_parameters"]["config"]["model"])
+    prefix = "vae."
+    vae.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    return vae.to(device).eval()
+
+
+def load_module(path: str | Path):
+    """The ``VAEModule`` of a checkpoint, its weights loaded (on the CPU)."""
+    from vaelab.module import VAEModule
+
+    checkpoint = read(path)
+    module = VAEModule.from_config(checkpoint["hyper_parameters"]["config"])
+    module.load_state_dict(checkpoint["state_dict"])
+    return module
