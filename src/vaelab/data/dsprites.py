@@ -121,26 +121,29 @@ def render_grid() -> np.ndarray:
     return packed
 
 
-def grid_classes() -> np.ndarray:
-    """The factor classes of every grid image, int64 [737280, 5], in DeepMind's order."""
-    return np.stack(np.unravel_index(np.arange(NUM_IMAGES), FACTOR_SIZES), axis=1).astype(np.int64)
+def grid_classes(factor_sizes: tuple[int, ...] = FACTOR_SIZES) -> np.ndarray:
+    """The factor classes of every grid image, int64 [N, K], in DeepMind's order (the last fastest)."""
+    n = math.prod(factor_sizes)
+    return np.stack(np.unravel_index(np.arange(n), factor_sizes), axis=1).astype(np.int64)
 
 
-def _read_deepmind(path: Path) -> np.ndarray:
-    """DeepMind's file as packed bits, after checking that it holds the grid in its order."""
+def read_deepmind(path: Path, factor_sizes: tuple[int, ...] = FACTOR_SIZES) -> np.ndarray:
+    """DeepMind's file (``imgs`` 0/1 [N, 64, 64], ``latents_classes`` [N, 6], colour first) as packed
+    bits [N, 512], after checking that it holds the grid of ``factor_sizes`` in its order."""
+    n = math.prod(factor_sizes)
     try:
         with np.load(path) as z:
             images, classes = z["imgs"], z["latents_classes"]
     except Exception as err:  # zip CRC error, missing member, truncated file
         raise DataError(f"{path} is corrupt or truncated ({err}): download it again") from err
-    if images.shape != (NUM_IMAGES, SIZE, SIZE) or classes.shape != (NUM_IMAGES, 6):
-        raise DataError(f"{path} holds images {list(images.shape)} and latents_classes {list(classes.shape)}, "
-                        f"not [{NUM_IMAGES}, {SIZE}, {SIZE}] and [{NUM_IMAGES}, 6]: it is not DeepMind's dSprites file")
-    if not np.array_equal(classes[:, 1:], grid_classes()):
-        raise DataError(f"{path}: latents_classes are not the dSprites grid in its order (shape, scale, "
+    if images.shape != (n, SIZE, SIZE) or classes.shape != (n, 1 + len(factor_sizes)):
+        raise DataError(f"{path} holds images {list(images.shape)} and latents_classes {list(classes.shape)}, not "
+                        f"[{n}, {SIZE}, {SIZE}] and [{n}, {1 + len(factor_sizes)}]: it is not DeepMind's dSprites file")
+    if not np.array_equal(classes[:, 1:], grid_classes(factor_sizes)):
+        raise DataError(f"{path}: latents_classes are not the dSprites grid in its order (colour, shape, scale, "
                         "orientation, pos_x, pos_y; the last fastest)")
     log.info("read DeepMind's dSprites from %s", path)
-    return np.packbits(images.reshape(NUM_IMAGES, -1) != 0, axis=1)
+    return np.packbits(images.reshape(n, -1) != 0, axis=1)
 
 
 def _read_cache(path: Path) -> np.ndarray:
@@ -177,7 +180,7 @@ class DSpritesSource:
 
     def try_load(self, folder: Path) -> Dataset | None:
         if (folder / DEEPMIND_FILE).is_file():
-            return self._dataset(_read_deepmind(folder / DEEPMIND_FILE))
+            return self._dataset(read_deepmind(folder / DEEPMIND_FILE))
         if (folder / CACHE_FILE).is_file():
             return self._dataset(_read_cache(folder / CACHE_FILE))
         return None
