@@ -196,6 +196,9 @@ def test_scores_are_reproducible_and_each_metric_draws_its_own_points():
                           "disent/factor_vae_active_dims", "disent/beta_vae"}
     alone = disentanglement_scores(CODES["rotated"], FactorClasses(), seed=3, settings=settings, metrics=("mig",))
     assert alone == {"disent/mig": first["disent/mig"]}
+    threads = DisentanglementSettings(**{**settings.__dict__, "dci_jobs": 2})
+    in_parallel = disentanglement_scores(CODES["rotated"], FactorClasses(), seed=3, settings=threads, metrics=("dci",))
+    assert in_parallel == {k: v for k, v in first.items() if k.startswith("disent/dci")}
     other = disentanglement_scores(CODES["rotated"], FactorClasses(), seed=4, settings=settings, metrics=("mig",))
     assert other["disent/mig"] != first["disent/mig"]
     with pytest.raises(ConfigError, match=r"unknown disentanglement metrics \['irs'\]"):

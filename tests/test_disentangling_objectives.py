@@ -120,3 +120,22 @@ def test_dip_vae_i_penalizes_the_means_and_dip_vae_ii_adds_the_posterior_varianc
     assert dip_i.loss.item() == pytest.approx(10.0 + kl.item() + 20.0 * 2 * 0.25**2, rel=1e-6)
     assert dip_ii.loss.item() == pytest.approx(10.0 + kl.item(), rel=1e-6)
     assert dip_i.nelbo.item() == pytest.approx(10.0 + kl.item(), rel=1e-6)
+
+
+def test_the_intended_factor_vae_config_builds_the_paper_discriminator_and_optimizer():
+    """The objective/factor_vae config proposed for the module integration instantiates as is."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create({
+        "_target_": "vaelab.objectives.FactorVAE", "gamma": 10.0,
+        "discriminator": {"_target_": "vaelab.objectives.TCDiscriminator", "latent_dim": 10, "hidden": 1000,
+                          "layers": 6},
+        "discriminator_optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-4,
+                                    "betas": [0.5, 0.9]},
+    })
+    objective = instantiate(config)
+    linear = [m for m in objective.discriminator.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(10, 1000)] + [(1000, 1000)] * 5 + [(1000, 2)]
+    optimizer = objective.discriminator_optimizer(objective.discriminator.parameters())
+    assert optimizer.defaults["lr"] == 1e-4 and tuple(optimizer.defaults["betas"]) == (0.5, 0.9)

@@ -234,3 +234,23 @@ def test_the_conv_nets_train_on_64_pixel_factor_data(tmp_path, data, model):
     assert cfg.data.shape == [3 if data == "color_dsprites" else 1, 64, 64] and cfg.data.num_classes == 3
     metrics = train(cfg)
     assert all(math.isfinite(metrics[k]) for k in ("train/loss", "val/nelbo", "test/nelbo"))
+
+
+def test_the_metrics_read_the_factors_off_the_grid_images(grid):
+    """End to end through FactorData.images_for: a representation made of the sprite's centroid,
+    the square root of its area and a noise dimension is labelled pos_x, pos_y, scale and nothing."""
+    from vaelab.disentanglement import best_factor_per_latent, sample_codes
+
+    centres = torch.arange(64) + 0.5
+
+    def representation(x):
+        mass = x[:, 0]
+        area = mass.sum((1, 2))
+        noise = torch.randn(len(x), generator=torch.Generator().manual_seed(int(area.sum())))
+        return torch.stack([(mass.sum(1) * centres).sum(1) / area, (mass.sum(2) * centres).sum(1) / area,
+                            area.sqrt(), noise], dim=1)
+
+    codes, factors = sample_codes(representation, grid.factor_data, 2000, np.random.default_rng(0))
+    labels = best_factor_per_latent(codes, factors, grid.factor_data.names)
+    assert [name for name, _ in labels] == ["pos_x", "pos_y", "scale", None]
+    assert labels[0][1] > 0.8 and labels[1][1] > 0.8  # 32 positions in 20 bins: log 20 / log 32 at most

@@ -12,7 +12,9 @@ by every objective, so that ``nelbo = recon + kl`` is always the negative ELBO.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -274,11 +276,14 @@ class FactorVAE(Objective):
     the density-ratio trick: a discriminator D (``TCDiscriminator``) tells samples of q(z) from
     samples of prod_d q(z_d) (``permute_dims``), and at its optimum D / (1 - D) = q(z) / prod_d q(z_d).
     TC^ is computed on the first z sample of each image and is logged as ``tc``; gradients reach the
-    encoder through z. The discriminator is trained alongside with its own optimizer on
-    ``discriminator.loss`` (the training loop's part: the VAE step must not update it).
+    encoder through z. The discriminator is trained alongside on ``discriminator.loss`` by its own
+    optimizer, ``discriminator_optimizer(discriminator.parameters())`` (default: Adam with lr 1e-4
+    and betas (0.5, 0.9), as Kim & Mnih); that is the training loop's part, and the VAE's step must
+    not update the discriminator.
     """
 
     def __init__(self, gamma: float = 10.0, discriminator: TCDiscriminator | None = None,
+                 discriminator_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  kl_schedule: KLSchedule | None = None):
         super().__init__(kl_schedule)
         if gamma < 0:
@@ -288,6 +293,7 @@ class FactorVAE(Objective):
         self._require_constant_schedule("factor_vae")
         self.gamma = float(gamma)
         self.discriminator = discriminator
+        self.discriminator_optimizer = discriminator_optimizer or partial(torch.optim.Adam, lr=1e-4, betas=(0.5, 0.9))
 
     def __call__(self, sample: LatentSample, log_px: torch.Tensor, step: int = 0) -> Terms:
         recon, kl = self.reported(sample, log_px)
