@@ -225,12 +225,16 @@ def test_split_settings_that_do_not_fit_the_dataset_are_refused():
         ImageDataModule("mnist", [1, 28, 28], str(DATA_ROOT), mirror=MIRROR, download=False, test_size=10).setup()
 
 
-@pytest.mark.parametrize(("data", "model"), [("dsprites", "conv"), ("color_dsprites", "resnet")])
-def test_the_conv_nets_train_on_64_pixel_factor_data(tmp_path, data, model):
-    """Composed as the CLI would (the conv nets halve 64 px twice: 16 x 16 features), with the
-    default callbacks drawing their pictures of 64 px images."""
+@pytest.mark.parametrize(("data", "model", "extra"), [
+    ("dsprites", "conv", []),
+    ("dsprites", "conv", ["model.encoder.channels=[32,32,64,64]"]),  # disentanglement_lib's 4 stride-2 layers
+    ("color_dsprites", "resnet", []),
+])
+def test_the_conv_nets_train_on_64_pixel_factor_data(tmp_path, data, model, extra):
+    """Composed as the CLI would (the conv nets halve 64 px once per stage: 16 x 16 features with
+    two stages, 4 x 4 with four), with the default callbacks drawing their pictures of 64 px images."""
     cfg = compose_config(tmp_path, [f"data={data}", f"model={model}", "debug=fast_dev_run", "data.batch_size=16",
-                                    "data.eval_batch_size=16", "model.latent_dim=10"])
+                                    "data.eval_batch_size=16", "model.latent_dim=10", *extra])
     assert cfg.data.shape == [3 if data == "color_dsprites" else 1, 64, 64] and cfg.data.num_classes == 3
     metrics = train(cfg)
     assert all(math.isfinite(metrics[k]) for k in ("train/loss", "val/nelbo", "test/nelbo"))

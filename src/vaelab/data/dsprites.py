@@ -24,7 +24,8 @@ sub-pixel samples fall inside the shape.
 
 A user's copy of DeepMind's file at ``<data.root>/dsprites/`` is read instead (its images and
 ``latents_classes``; the ``metadata`` pickle is never loaded); otherwise the rendering is built
-once (about 10 s) and cached there as packed bits (``np.packbits``, 377 MB), written atomically.
+once (about 4 s on one CPU core) and cached there as packed bits (``np.packbits``, 377 MB),
+written atomically.
 """
 
 from __future__ import annotations
