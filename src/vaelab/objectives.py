@@ -12,7 +12,9 @@ by every objective, so that ``nelbo = recon + kl`` is always the negative ELBO.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -267,3 +269,132 @@ class M2(Objective):
         loss = (recon + kl + self.ce_weight * ce).mean()  # L(x, y) or U(x) per image, plus the classifier term
         ce_mean = ce.sum() / labelled.sum().clamp(min=1)
         return Terms(loss=loss, recon=recon.mean(), kl=kl.mean(), extra={"classifier_ce": ce_mean})
+
+
+def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each dimension of z [B, D] permuted across the batch independently of the others (Kim & Mnih
+    2018, Algorithm 1): every marginal q(z_d) is kept exactly, the dependence between dimensions is
+    broken, so the rows are samples of prod_d q(z_d)."""
+    order = torch.rand(z.shape, generator=generator, device=z.device).argsort(dim=0)
+    return z.gather(0, order)
+
+
+class TCDiscriminator(torch.nn.Module):
+    """The FactorVAE discriminator (Kim & Mnih 2018): an MLP of ``layers`` hidden layers of ``hidden``
+    units with LeakyReLU(0.2) (6 x 1000 in the paper) mapping z [B, D] to two logits [B, 2]:
+    "z drawn from q(z)" (column 0) and "z drawn from prod_d q(z_d)" (column 1)."""
+
+    def __init__(self, latent_dim: int, hidden: int = 1000, layers: int = 6):
+        super().__init__()
+        if min(latent_dim, hidden, layers) < 1:
+            raise ConfigError("the TC discriminator needs latent_dim, hidden and layers >= 1")
+        widths = [latent_dim] + [hidden] * layers
+        body: list[torch.nn.Module] = []
+        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
+            body += [torch.nn.Linear(w_in, w_out), torch.nn.LeakyReLU(0.2)]
+        self.net = torch.nn.Sequential(*body, torch.nn.Linear(widths[-1], 2))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+    def log_density_ratio(self, z: torch.Tensor) -> torch.Tensor:
+        """log D(z) / (1 - D(z)) = logit_0 - logit_1 [B], D(z) = softmax(logits)_0: at the optimal
+        discriminator, log q(z) / prod_d q(z_d)."""
+        logits = self(z)
+        return logits[:, 0] - logits[:, 1]
+
+    def loss(self, z: torch.Tensor, z_other: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """The discriminator's cross-entropy, -1/2 [mean log D(z) + mean log(1 - D(permute_dims(z')))]:
+        z [B, D] (from q(z)) labelled 0, the permuted z' labelled 1; z' is a second batch's latents
+        (the paper) or, when None, z itself (disentanglement_lib). Both are detached: this loss
+        trains the discriminator only."""
+        fake = permute_dims((z if z_other is None else z_other).detach(), generator)
+        real_logits, fake_logits = self(z.detach()), self(fake)
+        zeros = torch.zeros(len(real_logits), dtype=torch.long, device=z.device)
+        ones = torch.ones(len(fake_logits), dtype=torch.long, device=z.device)
+        return 0.5 * (F.cross_entropy(real_logits, zeros) + F.cross_entropy(fake_logits, ones))
+
+
+class FactorVAE(Objective):
+    """FactorVAE (Kim & Mnih 2018): the ELBO plus a weighted estimate of the total correlation
+    TC(z) = KL(q(z) || prod_d q(z_d)),
+
+        loss = recon + KL + gamma * TC^,  TC^ = mean_b log D(z_b) / (1 - D(z_b)),
+
+    the density-ratio trick: a discriminator D (``TCDiscriminator``) tells samples of q(z) from
+    samples of prod_d q(z_d) (``permute_dims``), and at its optimum D / (1 - D) = q(z) / prod_d q(z_d).
+    TC^ is computed on the first z sample of each image and is logged as ``tc``; gradients reach the
+    encoder through z. The discriminator is trained alongside on ``discriminator.loss`` by its own
+    optimizer, ``discriminator_optimizer(discriminator.parameters())`` (default: Adam with lr 1e-4
+    and betas (0.5, 0.9), as Kim & Mnih); that is the training loop's part, and the VAE's step must
+    not update the discriminator.
+    """
+
+    def __init__(self, gamma: float = 10.0, discriminator: TCDiscriminator | None = None,
+                 discriminator_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+                 kl_schedule: KLSchedule | None = None):
+        super().__init__(kl_schedule)
+        if gamma < 0:
+            raise ConfigError(f"objective.gamma must be >= 0, got {gamma}")
+        if discriminator is None:
+            raise ConfigError("objective=factor_vae needs objective.discriminator (a vaelab.objectives.TCDiscriminator)")
+        self._require_constant_schedule("factor_vae")
+        self.gamma = float(gamma)
+        self.discriminator = discriminator
+        self.discriminator_optimizer = discriminator_optimizer or partial(torch.optim.Adam, lr=1e-4, betas=(0.5, 0.9))
+
+    def __call__(self, sample: LatentSample, log_px: torch.Tensor, step: int = 0) -> Terms:
+        recon, kl = self.reported(sample, log_px)
+        tc = self.discriminator.log_density_ratio(sample.z[0]).mean()
+        return Terms(loss=recon + kl + self.gamma * tc, recon=recon, kl=kl, extra={"tc": tc})
+
+
+def covariance(x: torch.Tensor) -> torch.Tensor:
+    """The batch covariance E[x x^T] - E[x] E[x]^T of x [B, D] (divided by B, as disentanglement_lib)."""
+    centred = x - x.mean(0)
+    return centred.T @ centred / len(x)
+
+
+def dip_regularizer(cov: torch.Tensor, lambda_od: float, lambda_d: float) -> torch.Tensor:
+    """lambda_od * sum_{i != j} C_ij^2 + lambda_d * sum_i (C_ii - 1)^2: how far C is from the identity."""
+    diagonal = cov.diagonal()
+    off_diagonal = cov - torch.diag(diagonal)
+    return lambda_od * (off_diagonal**2).sum() + lambda_d * ((diagonal - 1) ** 2).sum()
+
+
+class DIPVAE(Objective):
+    """DIP-VAE (Kumar et al. 2018): the ELBO plus a penalty pulling a covariance of the latents
+    towards the identity (``dip_regularizer``),
+
+        loss = recon + KL + lambda_od sum_{i != j} C_ij^2 + lambda_d sum_i (C_ii - 1)^2,
+
+    with C, over the batch: DIP-I (``variant=i``) Cov[mu(x)], the covariance of the posterior means;
+    DIP-II (``variant=ii``) Cov[z] = Cov[mu(x)] + E[diag sigma^2(x)], the covariance of the
+    aggregate posterior. Kumar et al. and disentanglement_lib use lambda_d = 10 lambda_od for
+    DIP-I and lambda_d = lambda_od for DIP-II. The penalty is logged as ``dip``. It reads the
+    Gaussian posterior's mu and sigma, so it needs posterior=gaussian.
+    """
+
+    needs_gaussian_posterior = True
+
+    def __init__(self, variant: str = "i", lambda_od: float = 10.0, lambda_d: float = 100.0,
+                 kl_schedule: KLSchedule | None = None):
+        super().__init__(kl_schedule)
+        if variant not in ("i", "ii"):
+            raise ConfigError(f"objective.variant must be i or ii (DIP-VAE-I or DIP-VAE-II), got {variant!r}")
+        if min(lambda_od, lambda_d) < 0:
+            raise ConfigError("objective.lambda_od and objective.lambda_d must be >= 0")
+        self._require_constant_schedule("dip_vae")
+        self.variant, self.lambda_od, self.lambda_d = variant, float(lambda_od), float(lambda_d)
+
+    def covariance(self, sample: LatentSample) -> torch.Tensor:
+        """C [D, D]: Cov[mu] (DIP-I) or Cov[mu] + mean diag(sigma^2) (DIP-II)."""
+        q = sample.base
+        cov = covariance(q.mu)
+        return cov if self.variant == "i" else cov + torch.diag(q.logvar.exp().mean(0))
+
+    def __call__(self, sample: LatentSample, log_px: torch.Tensor, step: int = 0) -> Terms:
+        recon, kl = self.reported(sample, log_px)
+        dip = dip_regularizer(self.covariance(sample), self.lambda_od, self.lambda_d)
+        return Terms(loss=recon + kl + dip, recon=recon, kl=kl, extra={"dip": dip})

@@ -12,23 +12,28 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Sequence
+from dataclasses import replace
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vaelab.data import sources
 from vaelab.data.device_loader import DeviceBatches
+from vaelab.data.packed import PackedImages
 from vaelab.data.sources import Split, load_dataset
 from vaelab.errors import ConfigError, DataError
 
 
 class TensorImages(Dataset):
     """Images (uint8 [N, C, H, W]) and labels served as (float images in [0, 1], labels) batches;
-    with ``binarize`` each pixel is drawn as Bernoulli(intensity) at every access."""
+    with ``binarize`` each pixel is drawn as Bernoulli(intensity) at every access. ``factors``: the
+    ground-truth factor classes [N, K] of a dataset that has them (dSprites), else None."""
 
     def __init__(self, split: Split, binarize: bool = False):
         self.images = split.images
         self.labels = split.labels
+        self.factors = split.factors
         self.binarize = binarize
 
     def __len__(self) -> int:
@@ -50,8 +55,15 @@ def _already_batched(batch):
 
 
 class ImageDataModule(L.LightningDataModule):
-    """MNIST, Fashion-MNIST or CIFAR-10: a deterministic train/val split of the official
-    training set (``val_size`` images, chosen by ``split_seed``) and the official test set.
+    """MNIST, Fashion-MNIST, CIFAR-10, dSprites or colour dSprites: a deterministic train/val split
+    of the official training set (``val_size`` images, chosen by ``split_seed``) and the official
+    test set. A dataset without an official test split (dSprites) first loses ``test_size`` images,
+    chosen by ``split_seed``, to the test set; ``test_size`` must be null for the others.
+
+    Datasets with ground-truth factors (dSprites) give each split's ``factors`` (int64 [N, K]) and
+    ``factor_data`` (``vaelab.data.factors.FactorData``, the whole factor grid, on the CPU), from
+    which the disentanglement metrics sample; None for the others. Their binary images are kept as
+    packed bits (``PackedImages``), so ``binarize`` must stay ``none``.
 
     ``batch_size`` is the global batch: under DDP each of the W processes gets
     ``batch_size / W`` images per step (it must divide evenly).
@@ -88,12 +100,16 @@ class ImageDataModule(L.LightningDataModule):
                  num_workers: int = 0, pin_memory: bool = False, on_device: bool | str = "auto",
                  seed: int | None = 0, binarize: str = "none", binarize_seed: int = 0,
                  exclude_classes: Sequence[int] = (), num_classes: int = 10, labels_per_class: int | None = None,
-                 labels_seed: int = 0, labelled_batch_size: int = 100):
+                 labels_seed: int = 0, labelled_batch_size: int = 100, test_size: int | None = None):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if val_size < 0:
             raise ConfigError(f"data.val_size must be >= 0, got {val_size}")
+        if test_size is not None and test_size < 1:
+            raise ConfigError(f"data.test_size must be >= 1 (or null for a dataset with an official test set), "
+                              f"got {test_size}")
+        self.test_size = test_size
         self.name = name
         self.shape = tuple(int(s) for s in shape)
         self.root = root
@@ -128,12 +144,15 @@ class ImageDataModule(L.LightningDataModule):
         self.labelled_batch_size = labelled_batch_size
         self.labelled_indices: torch.Tensor | None = None
         self.train_set = self.val_set = self.test_set = None
+        self.factor_data = None
         self.device_splits: dict[str, Split] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
-        data = load_dataset(self.name, self.root, self.mirrors, self.download)
+        data = self._with_test_split(load_dataset(self.name, self.root, self.mirrors, self.download))
+        if isinstance(data.train.images, PackedImages) and self.binarize != "none":
+            raise ConfigError(f"{self.name} is binary already: use data.binarize=none")
         if tuple(data.train.images.shape[1:]) != self.shape:
             raise DataError(
                 f"{self.name} images have shape {list(data.train.images.shape[1:])} but data.shape is {list(self.shape)}"
@@ -148,12 +167,13 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_size={self.val_size} leaves no training images (the training set has {n})")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         val_idx, train_idx = order[: self.val_size].sort().values, order[self.val_size :].sort().values
-        train, val = (self._kept(Split(data.train.images[i], data.train.labels[i])) for i in (train_idx, val_idx))
+        train, val = (self._kept(data.train.take(i)) for i in (train_idx, val_idx))
         self.labelled_indices = self._labelled_subset(train.labels)
         dynamic = self.binarize == "dynamic"
         self.train_set = TensorImages(self._binarized(train, 1) if not dynamic else train, binarize=dynamic)
         self.val_set = TensorImages(self._binarized(val, 2)) if self.val_size else None
         self.test_set = TensorImages(self._binarized(data.test, 3))
+        self.factor_data = data.factor_data
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if self._fits_on(device):
             self.device_splits = {
@@ -162,11 +182,25 @@ class ImageDataModule(L.LightningDataModule):
                 if ds is not None
             }
 
+    def _with_test_split(self, data: sources.Dataset) -> sources.Dataset:
+        """The dataset with its official test set, or with ``test_size`` images (the first of a
+        permutation drawn with ``split_seed``) held out as one where it has none."""
+        if data.test is not None:
+            if self.test_size is not None:
+                raise ConfigError(f"{self.name} has an official test set: leave data.test_size=null")
+            return data
+        n = len(data.train.labels)
+        if self.test_size is None or self.test_size >= n:
+            raise ConfigError(f"{self.name} has no official test set: set data.test_size to the number of its "
+                              f"{n} images to hold out for testing")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        test_idx, train_idx = order[: self.test_size].sort().values, order[self.test_size :].sort().values
+        return replace(data, train=data.train.take(train_idx), test=data.train.take(test_idx))
+
     def _kept(self, split: Split) -> Split:
         if not self.exclude_classes:
             return split
-        keep = ~torch.isin(split.labels, torch.tensor(self.exclude_classes))
-        return Split(split.images[keep], split.labels[keep])
+        return split.take(~torch.isin(split.labels, torch.tensor(self.exclude_classes)))
 
     def _labelled_subset(self, labels: torch.Tensor) -> torch.Tensor:
         """Sorted indices of the training images whose labels are known: all of them, or the first
@@ -203,7 +237,7 @@ class ImageDataModule(L.LightningDataModule):
             return split
         generator = torch.Generator().manual_seed(self.binarize_seed * 10 + stream)
         draws = torch.rand(split.images.shape, generator=generator) < split.images.float() / 255
-        return Split(draws.to(torch.uint8) * 255, split.labels)
+        return replace(split, images=draws.to(torch.uint8) * 255)
 
     def _fits_on(self, device: torch.device) -> bool:
         if self.on_device != "auto" or device.type == "cpu":

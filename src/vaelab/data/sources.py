@@ -1,8 +1,10 @@
-"""Where datasets come from, in order: a prepared ``data.root``, local mirror folders, torchvision's download.
+"""Where datasets come from, in order: a prepared ``data.root``, local mirror folders, torchvision's
+download (or, for a dataset generated here, its rendering into ``data.root``).
 
 Each source returns uint8 images [N, C, H, W] and int64 labels [N] for the
-official train and test sets. Nothing is ever written into a mirror; what needs
-caching (the decoded CIFAR-10 JPEG copy) goes into ``data.root``, written
+official train and test sets (a dataset without an official test split, such as dSprites, returns
+all its images as ``train`` and ``test=None``). Nothing is ever written into a mirror; what needs
+caching (the decoded CIFAR-10 JPEG copy, the rendered dSprites) goes into ``data.root``, written
 atomically (``vaelab.files.atomic_file``), so no half-written file remains.
 """
 
@@ -11,13 +13,14 @@ from __future__ import annotations
 import logging
 import tarfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from vaelab.data.factors import FactorData
 from vaelab.data.idx import read_idx
 from vaelab.errors import ConfigError, DataError
 from vaelab.files import atomic_file
@@ -29,14 +32,21 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8 [N, C, H, W]
+    images: torch.Tensor  # uint8 [N, C, H, W] (or PackedImages, which reads like one)
     labels: torch.Tensor  # int64 [N]
+    factors: torch.Tensor | None = None  # int64 [N, K]: the ground-truth factor classes, where known
+
+    def take(self, index) -> Split:
+        """The images, labels and factors at ``index`` (indices or a boolean mask)."""
+        return replace(self, images=self.images[index], labels=self.labels[index],
+                       factors=None if self.factors is None else self.factors[index])
 
 
 @dataclass
 class Dataset:
     train: Split
-    test: Split
+    test: Split | None  # None: no official test split (the data module holds one out)
+    factor_data: FactorData | None = None  # the full factor grid, for datasets with ground-truth factors
 
 
 def _split(images: np.ndarray, labels: np.ndarray, name: str) -> Split:
@@ -49,6 +59,8 @@ def _split(images: np.ndarray, labels: np.ndarray, name: str) -> Split:
 
 class IDXSource:
     """MNIST-style datasets stored as four IDX files (optionally .gz)."""
+
+    generated = False
 
     FILES = {
         "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -99,6 +111,7 @@ class CIFAR10Source:
     """
 
     name = "CIFAR-10"
+    generated = False
     ARCHIVE = "CIFAR10-JPEG/cifar10-jpeg.tar.gz"
     CACHE = "CIFAR10-JPEG/cifar10-jpeg.npz"
 
@@ -179,11 +192,17 @@ def make_source(name: str, root: Path):
         return IDXSource("Fashion-MNIST", "FashionMNIST", ["FashionMNIST/raw", "FashionMNIST", "fashion-mnist", "."])
     if name == "cifar10":
         return CIFAR10Source(root)
-    raise ConfigError(f"unknown data.name {name!r}: choose one of mnist, fashion_mnist, cifar10")
+    if name in ("dsprites", "color_dsprites"):
+        from vaelab.data.dsprites import DSpritesSource  # it builds on this module's Split and Dataset
+
+        return DSpritesSource(colour=name == "color_dsprites")
+    raise ConfigError(f"unknown data.name {name!r}: choose one of mnist, fashion_mnist, cifar10, dsprites, "
+                      "color_dsprites")
 
 
 def load_dataset(name: str, root: str | Path, mirrors: Sequence[str | None] = (), download: bool = True) -> Dataset:
-    """Load a dataset from the first place that has it: root, then each mirror, then a download into root."""
+    """Load a dataset from the first place that has it: root, then each mirror, then a download into
+    root (a generated dataset is rendered into root instead, whatever ``download`` says)."""
     root = Path(root).expanduser().resolve()
     source = make_source(name, root)
     looked: list[str] = []
@@ -196,6 +215,8 @@ def load_dataset(name: str, root: str | Path, mirrors: Sequence[str | None] = ()
         if dataset is not None:
             return dataset
         looked.append(f"{label} {folder}")
+    if source.generated:
+        return source.generate(root)
     if not any(mirrors):
         looked.append("no mirror (data.mirror / VAELAB_DATA_MIRROR unset)")
     if download:
