@@ -115,20 +115,24 @@ def test_domain_classifier_is_trained_once_then_read_from_its_cache(tmp_path, mo
     assert dc.cache_path(synthetic_datamodule(tmp_path, binarize="static"), settings) != cached
 
 
-def test_inception_fid_is_skipped_in_one_line_when_torch_fidelity_or_its_weights_are_missing(
+def test_inception_fid_is_skipped_in_one_line_when_torch_fidelity_its_weights_or_a_gpu_are_missing(
         monkeypatch, caplog, tmp_path):
     caplog.set_level(logging.INFO, logger="vaelab")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # import fails as if not installed
-    assert inception_network("auto", None) is None
-    assert caplog.messages == ["samples/fid skipped: the Inception network needs torch-fidelity "
-                               "(pip install torch-fidelity)"]
+    assert inception_network("on", None, gpu) is None
+    assert caplog.messages == ["samples/fid skipped: the Inception network needs torch-fidelity (pip install torch-fidelity)"]
     caplog.clear()
     monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
-    assert inception_network("auto", str(tmp_path / "none.pth")) is None
+    assert inception_network("auto", str(tmp_path / "none.pth"), gpu) is None
     assert len(caplog.messages) == 1 and f"no Inception weights at {tmp_path / 'none.pth'}" in caplog.messages[0]
-    assert inception_network("off", None) is None
+    caplog.clear()
+    (tmp_path / "weights.pth").touch()
+    assert inception_network("auto", str(tmp_path / "weights.pth"), cpu) is None
+    assert len(caplog.messages) == 1 and caplog.messages[0].startswith("samples/fid skipped on the CPU")
+    assert inception_network("off", None, gpu) is None
     with pytest.raises(ConfigError, match="sample_quality.fid=yes is unknown"):
-        inception_network("yes", None)
+        inception_network("yes", None, gpu)
 
 
 @pytest.mark.slow

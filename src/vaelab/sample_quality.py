@@ -31,11 +31,11 @@ from vaelab.errors import ConfigError, check_integer
 
 log = logging.getLogger("vaelab")
 
-# torch-fidelity's Inception weights (the TensorFlow FID network): torch.hub's cache, where torch-fidelity
-# downloads them; copy the file there (or name it in sample_quality.inception_weights) for offline use
+# torch-fidelity's Inception weights (the TensorFlow FID network), looked for in torch.hub's cache, where
+# torch-fidelity downloads them; copy the file there (or name it in sample_quality.inception_weights) for offline use
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS}"
-FID_MODES = ("auto", "download", "off")
+FID_MODES = ("auto", "on", "off")
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -106,32 +106,36 @@ def features_of(network: Callable[[torch.Tensor], torch.Tensor], images: torch.T
     return torch.cat([network(x.to(device)).double().cpu() for x in images.split(batch_size)])
 
 
-def inception_network(fid: str, weights: str | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def inception_network(fid: str, weights: str | None, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """torchmetrics' Inception network of the standard FID (2048 pool features), taking images in
-    [0, 1] with 1 or 3 channels; None, with one log line saying why, when it is off or cannot run
-    here: torch-fidelity not installed, or (``fid=auto``) its weights not on the machine."""
+    [0, 1] with 1 or 3 channels. ``fid=on``: always (torch-fidelity downloads the weights when the
+    file is missing); ``auto``: only on a GPU and with the weights file on the machine (on the CPU
+    the 299 x 299 network takes about a second per image); ``off``: never. None, with one log line
+    saying why, when it does not run, including when torch-fidelity is not installed."""
     if fid not in FID_MODES:
         raise ConfigError(f"sample_quality.fid={fid} is unknown: choose one of {', '.join(FID_MODES)}")
     if fid == "off":
         return None
     try:
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
         import torch_fidelity  # noqa: F401  (torchmetrics' Inception network is torch-fidelity's)
+        from torchmetrics.image.fid import NoTrainInceptionV3
     except ImportError:
         log.info("samples/fid skipped: the Inception network needs torch-fidelity (pip install torch-fidelity)")
         return None
     path = Path(weights).expanduser() if weights else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
-    if not path.is_file() and (weights or fid == "auto"):
+    if not path.is_file() and (weights or fid == "auto"):  # (fid=on with no file named: torch-fidelity downloads it)
         log.info("samples/fid skipped: no Inception weights at %s (download %s there, or run with "
-                 "sample_quality.fid=download on a machine with network access)", path, INCEPTION_URL)
+                 "sample_quality.fid=on on a machine with network access)", path, INCEPTION_URL)
+        return None
+    if fid == "auto" and device.type != "cuda":
+        log.info("samples/fid skipped on the CPU (about a second per image): sample_quality.fid=on computes it anyway")
         return None
     net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                             feature_extractor_weights_path=str(path) if path.is_file() else None)
+                             feature_extractor_weights_path=str(path) if path.is_file() else None).to(device)
 
     def features(x: torch.Tensor) -> torch.Tensor:  # uint8 RGB, resized to 299 x 299 inside the network
         rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        return net.to(x.device)((rgb * 255).round().to(torch.uint8))
+        return net((rgb * 255).round().to(torch.uint8))
 
     return features
 
@@ -163,7 +167,7 @@ def evaluate(model, datamodule, samplers: Mapping[str, object], classifier: Doma
     for name, sampler in samplers.items():
         sets[name] = generate(model, sampler, n, decode, seed, batch_size)
     networks = {"domain": (classifier.body.to(model.device), "fd_domain")}
-    inception = inception_network(fid, inception_weights)
+    inception = inception_network(fid, inception_weights, model.device)
     if inception is not None:
         networks["inception"] = (inception, "fid")
     metrics = {"samples/domain_classifier_acc": classifier.test_accuracy}
