@@ -22,8 +22,8 @@ def test_frechet_distance_of_two_gaussians_matches_the_closed_form():
     """In 2-D, tr (S1 S2)^(1/2) = sqrt(tr(S1 S2) + 2 sqrt(det S1 det S2)), so
     FD = |m1 - m2|^2 + tr S1 + tr S2 - 2 sqrt(tr(S1 S2) + 2 sqrt(det S1 det S2)) in closed form.
     S1 and S2 do not commute, so an FD with tr(S1^(1/2) S2^(1/2)), with the square roots of the
-    diagonals, without the factor 2 or with biased covariances fails the exact comparison on
-    the sample moments, and a distance of the real set to itself fails both."""
+    diagonals or without the factor 2 fails the exact comparison on the sample moments, and a
+    distance of the real set to itself (the generated features never used) fails both."""
     generator = torch.Generator().manual_seed(0)
     m1, m2 = torch.tensor([0.0, 1.0]), torch.tensor([1.5, -0.5])
     a1, a2 = torch.tensor([[1.0, 0.0], [0.8, 0.6]]), torch.tensor([[0.5, -0.7], [0.0, 1.3]])
