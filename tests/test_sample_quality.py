@@ -137,13 +137,14 @@ def test_inception_fid_is_skipped_in_one_line_when_torch_fidelity_its_weights_or
 
 @pytest.mark.slow
 def test_on_mnist_two_halves_of_the_test_set_are_close_and_noise_or_shifted_digits_are_far():
-    """With the real domain classifier (trained once, cached under the project's data folder):
-    FD(half, other half) is near 0 and far below FD(half, noise) and FD(half, digits shifted by 3
-    pixels); precision/recall of a half against the other are high, against noise zero. A
-    distance that reused one set for both sides would be 0 everywhere and fail."""
+    """With a domain classifier (a light one, trained once in ~15 s and cached under the project's
+    data folder, shared with test_eval_tasks): FD(half, other half) is near 0 (0.43 when written)
+    and far below FD(half, noise) (564) and FD(half, digits shifted by 3 pixels) (95);
+    precision/recall of a half against the other are high (0.91), of noise near 0. A distance
+    that reused one set for both sides would be 0 everywhere and fail."""
     datamodule = ImageDataModule(name="mnist", shape=[1, 28, 28], root=str(DATA_ROOT), mirror=MIRROR)
-    classifier = dc.load_or_train(datamodule)
-    assert classifier.test_accuracy > 0.97
+    classifier = dc.load_or_train(datamodule, epochs=1, channels=[8, 16], hidden=64)
+    assert classifier.test_accuracy > 0.9
     images = datamodule.test_set.images.float() / 255
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(images), generator=generator)
