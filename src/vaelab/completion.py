@@ -12,6 +12,10 @@ With x = (x_obs, x_miss), x_miss first filled with ``init``, each iteration t
      else z_t = z_{t-1}: an exact MCMC sampler of p(z, x_miss | x_obs) whatever q is;
 2. draws x_miss ~ p(x_miss | z_t) (the decoder's pixels are independent given z).
 
+q is the encoder's Gaussian q0(z|x) (``model.posterior``), also for flow posteriors: as a proposal
+of known density it keeps Metropolis-within-Gibbs exact. log p(z) is the model's prior's; the
+two-layer model, whose p(z1) has no closed form, takes pseudo-Gibbs only.
+
 The completion is the Rao-Blackwellized estimate of E[x_miss | x_obs], the mean of E[x_miss | z_t]
 over the iterations after ``burn_in``; the observed pixels are returned untouched.
 """
