@@ -1,8 +1,9 @@
 """Decoder likelihoods p(x|z): one object per observation model, shared by every architecture.
 
 A decoder emits ``param_channels(C)`` channels per pixel; the likelihood turns them
-into a per-image negative log-likelihood (summed over all pixels and channels, in nats)
-and into a mean image for pictures. Inputs x are intensities in [0, 1].
+into a per-image negative log-likelihood (summed over all pixels and channels, in nats),
+into a mean image for pictures and into draws x ~ p(x|z) (image completion by Gibbs
+sampling). Inputs x are intensities in [0, 1].
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaelab.errors import ConfigError
+
+
+def _open_uniform(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """U(0, 1) draws shaped like ``like``, kept off 0 and 1 so that their logarithms are finite."""
+    u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return u.clamp(1e-6, 1 - 1e-6)
 
 
 class Likelihood(nn.Module):
@@ -38,6 +45,10 @@ class Likelihood(nn.Module):
         """E[x|z], the picture to show, in [0, 1]."""
         raise NotImplementedError
 
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x ~ p(x|z), every pixel drawn independently: [B, C, H, W]."""
+        raise NotImplementedError
+
 
 class Bernoulli(Likelihood):
     """p(x|z) = prod_i p_i^x_i (1-p_i)^(1-x_i), p = sigmoid(logits), for x in [0, 1].
@@ -56,6 +67,9 @@ class Bernoulli(Likelihood):
 
     def mean(self, params):
         return torch.sigmoid(params)
+
+    def sample(self, params, generator=None):
+        return torch.bernoulli(torch.sigmoid(params), generator=generator)
 
 
 class Gaussian(Likelihood):
@@ -96,6 +110,12 @@ class Gaussian(Likelihood):
 
     def mean(self, params):
         return self._split(params)[0].clamp(0, 1)
+
+    def sample(self, params, generator=None):
+        """x = mu + sigma * eps (not clamped: the density is over the real line)."""
+        mu, log_scale = self._split(params)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(log_scale) * eps
 
 
 class DiscretizedLogistic(Likelihood):
@@ -151,6 +171,18 @@ class DiscretizedLogistic(Likelihood):
         logits, means, _ = self._split(params)
         y = (torch.softmax(logits, dim=2) * means).sum(2)
         return ((y + 1) / 2).clamp(0, 1)
+
+    def sample(self, params, generator=None):
+        """A component k ~ softmax(logits) (the Gumbel-max trick), then y = mu_k + s_k log(u / (1 - u)),
+        u ~ U(0, 1), a logistic draw; y is clamped to [-1, 1] (the edge bins take the tails) and
+        rounded to the nearest of the 256 values."""
+        logits, means, log_scales = self._split(params)
+        gumbel = -torch.log(-torch.log(_open_uniform(logits, generator)))
+        k = (logits + gumbel).argmax(2, keepdim=True)  # [B, C, 1, H, W]
+        mu, log_s = means.gather(2, k).squeeze(2), log_scales.gather(2, k).squeeze(2)
+        u = _open_uniform(mu, generator)
+        y = (mu + torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))).clamp(-1, 1)
+        return torch.round((y + 1) / 2 * 255) / 255
 
 
 def reports_bits_per_dim(likelihood: Likelihood, binarize: str) -> bool:

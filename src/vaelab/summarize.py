@@ -5,7 +5,9 @@ Reads every job folder of a Hydra multirun (``<sweep>/<job>/.hydra/overrides.yam
 ``metrics.json``, ``failed.json``) and writes into the sweep folder:
 
 - ``summary.csv``: one row per job: its status (done, failed, running), its overrides, its
-  final scalar metrics;
+  final scalar metrics (every number in ``metrics.json`` whose name has a ``/``: ``test/nelbo``,
+  ``samples/prior/fd_domain``, ``repr/linear_acc``, ...), for sweeps of ``vaelab.train`` and of
+  ``vaelab.eval`` alike;
 - ``summary.md``: the same table, done jobs sorted by ``--metric``, then the failed and
   unfinished jobs with their errors;
 - ``plots/rate_distortion.png``: KL against reconstruction (test, else val) for each done job,
@@ -58,7 +60,8 @@ def read_jobs(sweep: Path) -> list[Job]:
         metrics_file = folder / "metrics.json"
         raw = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         metrics = {k: v for k, v in raw.items() if "/" in k and isinstance(v, (int, float))}
-        wants_test = OmegaConf.select(config, "test", default=True)
+        # a training job is done once tested (train.yaml's test=true); an eval job (no such key) when it wrote metrics.json
+        wants_test = OmegaConf.select(config, "test", default=False)
         if (folder / FAILURE_FILE).is_file():
             status, error = "failed", json.loads((folder / FAILURE_FILE).read_text()).get("error", "")
         elif raw and (not wants_test or any(k.startswith("test/") for k in metrics)):

@@ -174,8 +174,15 @@ class VAE(nn.Module):
         d = self.latent_dim
         base = DiagonalGaussian.from_encoder_output(h[:, : 2 * d])
         z, log_q = self.posterior(base, h[:, 2 * d :], eps)
-        log_p = self.prior.log_prob(z, self.gaussian_posterior)
+        log_p = self.log_prior(z)
         return LatentSample(z, log_q, log_p, base, base.kl_standard_normal_per_dim() if self.closed_form_kl else None)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of latents z [..., D] under a one-layer model's prior (the two-layer model's
+        marginal p(z1) has no closed form)."""
+        if self.ladder is not None:
+            raise ValueError("log p(z1) of model=hierarchical is an integral over z2: it has no closed form")
+        return self.prior.log_prob(z, self.gaussian_posterior)
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ p(z) [n, D] (for the two-layer model z1 ~ p(z1|z2), z2 ~ N(0, I)); drawn with
