@@ -27,7 +27,7 @@ def test_the_config_groups_offer_what_the_readme_promises():
     assert options("prior") == ["mog", "normal", "vamp"]
     assert options("sampler") == ["gmm", "prior"]
     assert options("likelihood") == ["bernoulli", "discretized_logistic", "gaussian", "gaussian_learned"]
-    assert options("objective") == ["beta_tc", "dip_vae", "elbo", "iwae", "m2"]
+    assert options("objective") == ["beta_tc", "dip_vae", "elbo", "factor_vae", "iwae", "m2"]
     assert options("kl_schedule") == ["capacity", "constant", "cyclical", "free_bits", "linear_warmup"]
     assert set(options("trainer")) >= {"default", "cpu", "gpu", "ddp", "ddp_sim"}
     assert options("logger") == ["csv", "none", "tensorboard"]

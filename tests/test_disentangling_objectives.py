@@ -122,20 +122,49 @@ def test_dip_vae_i_penalizes_the_means_and_dip_vae_ii_adds_the_posterior_varianc
     assert dip_i.nelbo.item() == pytest.approx(10.0 + kl.item(), rel=1e-6)
 
 
-def test_the_intended_factor_vae_config_builds_the_paper_discriminator_and_optimizer():
-    """The objective/factor_vae config proposed for the module integration instantiates as is."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+def test_the_factor_vae_config_builds_the_paper_discriminator_and_optimizer(tmp_path):
+    """objective=factor_vae: the paper's 6 x 1000 discriminator on the model's latents, its own Adam."""
+    from conftest import compose_config
 
-    config = OmegaConf.create({
-        "_target_": "vaelab.objectives.FactorVAE", "gamma": 10.0,
-        "discriminator": {"_target_": "vaelab.objectives.TCDiscriminator", "latent_dim": 10, "hidden": 1000,
-                          "layers": 6},
-        "discriminator_optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-4,
-                                    "betas": [0.5, 0.9]},
-    })
-    objective = instantiate(config)
+    from vaelab.errors import instantiate
+
+    cfg = compose_config(tmp_path, ["objective=factor_vae", "model.latent_dim=10"])
+    objective = instantiate(cfg.objective)
     linear = [m for m in objective.discriminator.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linear] == [(10, 1000)] + [(1000, 1000)] * 5 + [(1000, 2)]
     optimizer = objective.discriminator_optimizer(objective.discriminator.parameters())
     assert optimizer.defaults["lr"] == 1e-4 and tuple(optimizer.defaults["betas"]) == (0.5, 0.9)
+
+
+def test_factor_vae_trains_its_discriminator_by_its_own_optimizer_and_checkpoints_both(tmp_path):
+    """Five training steps with objective=factor_vae: the discriminator learns (its weights move) by its
+    own optimizer, the VAE's optimizer holds the VAE's parameters only, global_step counts the VAE's
+    steps, and the checkpoint carries both optimizers' states, from which a resumed run goes on.
+    Catches: a discriminator that is never stepped, its parameters in the VAE's optimizer (the TC
+    term would then train the discriminator to shrink the TC estimate), or steps counted twice."""
+    import lightning as L
+    from conftest import DATA_ROOT, compose_config, read_metrics
+
+    from vaelab.train import train
+
+    class Snapshot(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            self.before = [p.detach().clone() for p in pl_module.discriminator.parameters()]
+
+    fast = ["debug=limit_batches", f"data.root={DATA_ROOT}", "trainer.enable_progress_bar=false",
+            "trainer.accelerator=cpu", "objective=factor_vae", "objective.discriminator.hidden=32",
+            "objective.discriminator.layers=2", "callbacks.latent_embedding=null"]
+    snapshot = Snapshot()
+    metrics = train(compose_config(tmp_path / "a", [*fast, "trainer.max_epochs=1"]), extra_callbacks=[snapshot])
+    last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    discriminator = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("discriminator.")}
+    assert checkpoint["global_step"] == 5 and "train/tc" in metrics
+    assert any(not torch.equal(before, discriminator[k]) for before, k in zip(snapshot.before, discriminator))
+    vae_state, discriminator_state = checkpoint["optimizer_states"]
+    vae_sizes = sorted(tuple(v.shape) for k, v in checkpoint["state_dict"].items() if k.startswith("vae."))
+    assert sorted(tuple(s["exp_avg"].shape) for s in vae_state["state"].values()) == vae_sizes
+    assert sorted(tuple(s["exp_avg"].shape) for s in discriminator_state["state"].values()) == \
+        sorted(tuple(v.shape) for v in discriminator.values())
+    train(compose_config(tmp_path / "b", [*fast, "trainer.max_epochs=2", f"ckpt_path={last}"]))
+    assert read_metrics(tmp_path / "b" / "run")["global_step"] == 10

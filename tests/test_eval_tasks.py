@@ -7,22 +7,21 @@ import math
 
 import pytest
 from conftest import compose_config
-from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from vaelab import completion, domain_classifier, representation, sample_quality
+from vaelab import completion, disentanglement, domain_classifier, representation, sample_quality
 from vaelab.errors import instantiate
 from vaelab.summarize import main as summarize
 
 TASKS = {"sample_quality": (sample_quality.evaluate, 4), "completion": (completion.evaluate, 3),
-         "representation": (representation.evaluate, 2), "domain_classifier": (domain_classifier.load_or_train, 1)}
+         "representation": (representation.evaluate, 2), "domain_classifier": (domain_classifier.load_or_train, 1),
+         "disentanglement": (disentanglement.evaluate, 2)}
 
 
 def test_each_task_config_builds_its_function_with_keys_it_takes(tmp_path):
     """Every key of each group's default.yaml is a keyword of its function (a misspelt key fails
     here, not after a long evaluation); overrides such as completion.mask=center reach it."""
-    cfg = compose_config(tmp_path, ["ckpt_path=x.ckpt", *(f"+{group}=default" for group in TASKS),
-                                    "completion.mask=center"], config_name="eval")
+    cfg = compose_config(tmp_path, ["ckpt_path=x.ckpt", "completion.mask=center"], config_name="eval")
     for group, (function, positional) in TASKS.items():
         task = instantiate(cfg[group])
         assert task.func is function
@@ -48,44 +47,48 @@ def test_summarize_tabulates_an_eval_sweep_by_any_task_metric(tmp_path, capsys):
     assert table.index("| 1 | done | beta4.ckpt | 12.5000 | 0.8000 |") < table.index("| 0 | done | beta1.ckpt | 30.0000")
 
 
+LIGHT_CLASSIFIER = ["domain_classifier.epochs=1", "domain_classifier.channels=[8,16]", "domain_classifier.hidden=64"]
+
+
 @pytest.mark.slow
-def test_the_three_tasks_on_a_briefly_trained_mnist_model(tmp_path):
-    """A 2-D MLP VAE trained on 150 batches: its samples are farther from the test images than
-    training images are (FD 425 and 288 against 5 when written), its completions beat the mean
-    training image on the missing pixels (MSE 0.059 to 0.062 against 0.066), and its 2-D latents
-    separate the digits well above chance (0.1; NMI 0)."""
-    from vaelab.module import VAEModule
-    from vaelab.samplers import GMMSampler, PriorSampler
+def test_vaelab_eval_runs_the_three_tasks_on_a_briefly_trained_mnist_model(tmp_path):
+    """``vaelab.eval eval.tasks=[samples,completion,representation] sampler=gmm`` on a 2-D MLP VAE
+    trained on 150 batches: its samples are farther from the test images than training images are
+    (FD 425 and 288 against 5 when written), its completions beat the mean training image on the
+    missing pixels (MSE 0.059 to 0.062 against 0.066), and its 2-D latents separate the digits well
+    above chance (0.1; NMI 0); every metric lands in metrics.json, every picture beside it."""
+    from conftest import DATA_ROOT, run_cli, run_folders
+
     from vaelab.train import train
 
     cfg = compose_config(tmp_path, ["model.latent_dim=2", "trainer.max_epochs=1", "+trainer.limit_train_batches=150",
                                     "+trainer.limit_val_batches=2", "test=false", "trainer.accelerator=cpu",
                                     "trainer.enable_progress_bar=false", "logger=none"])
     train(cfg)
-    model = VAEModule.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu")
-    datamodule = instantiate(cfg.data)
-    classifier = domain_classifier.load_or_train(datamodule, epochs=1, channels=[8, 16], hidden=64)
-    assert classifier.test_accuracy > 0.9
-
-    gmm = GMMSampler(components=10)
-    gmm.fit(representation.posterior_means(model, datamodule.train_set, 1000)[0])
-    metrics, pictures = sample_quality.evaluate(model, datamodule, {"prior": PriorSampler(), "gmm": gmm},
-                                                classifier, num_images=2000, fid="off")
-    assert pictures == {}
+    evaluated = run_cli("vaelab.eval", [
+        f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"data.root={DATA_ROOT}",
+        "eval.tasks=[samples,completion,representation]", "sampler=gmm", *LIGHT_CLASSIFIER,
+        "sample_quality.num_images=2000", "sample_quality.fid=off", "completion.num_images=200",
+        "completion.iterations=30", "completion.burn_in=10", "completion.num_pictures=8",
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (run,) = run_folders(tmp_path, "eval")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "test/nelbo" not in metrics  # eval.tasks left out nll
+    assert metrics["samples/domain_classifier_acc"] > 0.9
     for sampler in ("train", "prior", "gmm"):
         for name in ("fd_domain", "precision_domain", "recall_domain"):
             assert math.isfinite(metrics[f"samples/{sampler}/{name}"])
     assert metrics["samples/train/fd_domain"] < 0.2 * metrics["samples/prior/fd_domain"]
-
-    metrics, pictures = completion.evaluate(model, datamodule, classifier, num_images=200, iterations=30,
-                                            burn_in=10, num_pictures=8)
     for method in ("pseudo_gibbs", "mwg", "reconstruction"):
         assert metrics[f"completion/{method}/mse"] < metrics["completion/mean_image/mse"], method
     assert 0 < metrics["completion/mwg/acceptance"] < 1 and "completion/mwg/bce" in metrics
-    assert pictures["completion"].shape == (3, 4 * 30 + 2, 8 * 30 + 2)  # masked, 2 methods, truth
-
-    metrics, pictures = representation.evaluate(model, datamodule)
     for name in ("linear_acc", "knn_acc", "cluster_acc", "nmi"):  # 0.40, 0.36, 0.32, 0.29 when written
         assert 0.25 < metrics[f"repr/{name}"] <= 1, name
-    assert isinstance(pictures["latent_space"], Figure)
-    assert pictures["latent_manifold"].shape == (3, 20 * 29 + 1, 20 * 29 + 1)
+    for picture in ("completion.png", "latent_space.png", "latent_manifold.png", "samples_gmm.png"):
+        assert (run / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
+    assert f"repr/nmi = {metrics['repr/nmi']:.4f}" in evaluated.stdout
+    refused = run_cli("vaelab.eval", [f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+                                      "eval.tasks=[disentanglement]", f"data.root={DATA_ROOT}"], tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("vaelab: error: eval.tasks=[disentanglement] needs data")

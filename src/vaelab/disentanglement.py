@@ -297,3 +297,62 @@ def _train_test(representation_fn, factor_data, num_train: int, num_test: int, s
     rng = np.random.default_rng(seed)
     return (sample_codes(representation_fn, factor_data, num_train, rng, settings.encode_batch),
             sample_codes(representation_fn, factor_data, num_test, rng, settings.encode_batch))
+
+
+def labelled_traversals(vae, factor_data, labels: Sequence[tuple[str | None, float]], steps: int = 9,
+                        value_range: float = 2.0, seed: int = 0):
+    """A matplotlib figure: one row per latent dimension, moving it from -r to r around the posterior
+    mean of one image while the others stay, each row labelled with the factor that dimension best
+    captures (``best_factor_per_latent``) and the share of that factor's entropy it holds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    image = factor_data.images_for(factor_data.sample_factors(1, rng), rng).to(vae.device)
+    mu = vae.encode(image).mu[0]
+    values = torch.linspace(-value_range, value_range, steps, device=mu.device)
+    z = mu.repeat(vae.latent_dim, steps, 1)
+    z[torch.arange(vae.latent_dim), :, torch.arange(vae.latent_dim)] = values
+    decoded = vae.decode(z.reshape(-1, vae.latent_dim)).float().cpu()  # [D * steps, C, H, W]
+    fig, axes = plt.subplots(vae.latent_dim, steps, figsize=(steps * 0.9 + 2.2, vae.latent_dim * 0.9),
+                             squeeze=False)
+    for j in range(vae.latent_dim):
+        name, share = labels[j]
+        for s in range(steps):
+            ax = axes[j, s]
+            picture = decoded[j * steps + s]
+            ax.imshow(picture.permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[j, 0].set_ylabel(f"z_{j}: {name or '(none)'}\n{share:.2f}", rotation=0, ha="right", va="center",
+                              fontsize=8)
+    fig.suptitle(f"each row: one latent from {-value_range:g} to {value_range:g}, labelled with the factor it "
+                 "captures best (share of that factor's entropy)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def evaluate(vae, datamodule, *, metrics: Sequence[str] = METRICS,
+             settings: DisentanglementSettings = DisentanglementSettings(), traversal_steps: int = 9,
+             seed: int = 0) -> tuple[dict[str, float], dict[str, object]]:
+    """The chosen disentanglement metrics of a trained VAE's posterior means on its data set's factor
+    grid (``datamodule.factor_data``), and the picture ``latent_traversals`` labelled with the factor
+    each latent best captures."""
+    factor_data = getattr(datamodule, "factor_data", None)
+    if factor_data is None:
+        raise ConfigError("eval.tasks=[disentanglement] needs data with known generative factors: "
+                          "train on data=dsprites or data=color_dsprites")
+    factor_data = factor_data.to(vae.device)
+    vae.eval()
+
+    def representation(x: torch.Tensor) -> torch.Tensor:
+        return vae.encode(x.to(vae.device)).mu
+
+    scores = disentanglement_scores(representation, factor_data, seed, settings, metrics)
+    codes, factors = sample_codes(representation, factor_data, settings.mig_num_train, np.random.default_rng(seed),
+                                  settings.encode_batch)
+    labels = best_factor_per_latent(codes, factors, factor_data.names, settings.num_bins)
+    return scores, {"latent_traversals": labelled_traversals(vae, factor_data, labels, traversal_steps, seed=seed)}

@@ -1,14 +1,23 @@
-"""Evaluate a checkpoint on the test set: ``python -m vaelab.eval ckpt_path=...`` (``vaelab-eval``).
+"""Evaluate a checkpoint: ``python -m vaelab.eval ckpt_path=... [eval.tasks=[...]]`` (``vaelab-eval``).
 
-Computes ``test/nelbo``, ``test/recon``, ``test/kl``, ``test/nll_iw`` (IWAE with
-``eval.iw_samples`` samples), ``test/bpd`` (discrete likelihoods), ``test/active_units``,
-``test/mi`` and ``test/kl_per_dim``; with ``anomaly.ood_data`` or ``anomaly.holdout_class``
-also the anomaly-detection AUROCs. Writes ``metrics.json``, ``samples_prior.png`` (decoded prior
-samples; with ``sampler=gmm`` also ``samples_gmm.png``, from a Gaussian mixture fitted to the
-training set's posterior means; conditional models: one row per class, or ``sample_class``),
-``reconstructions.png`` (test images above their reconstructions) and, for anomaly
-detection, ``anomaly_<score>.png`` histograms and a TensorBoard log into the eval run folder,
-and prints the metrics.
+``eval.tasks`` chooses what is measured (default ``[nll]``):
+
+- ``nll``: the test set's ``test/nelbo``, ``test/recon``, ``test/kl``, ``test/nll_iw`` (IWAE with
+  ``eval.iw_samples`` samples), ``test/bpd`` (where defined), ``test/active_units``, ``test/mi`` and
+  ``test/kl_per_dim`` (where defined);
+- ``samples``: sample quality per sampler (``sample_quality/``, ``vaelab.sample_quality``);
+- ``completion``: image completion (``completion/``, ``vaelab.completion``);
+- ``representation``: probes and clusters of the latents (``representation/``, ``vaelab.representation``);
+- ``disentanglement``: the disentanglement metrics on data with known factors
+  (``disentanglement/``, ``vaelab.disentanglement``).
+
+With ``anomaly.ood_data`` or ``anomaly.holdout_class`` it also computes the anomaly-detection
+AUROCs. Writes ``metrics.json``, ``reconstructions.png`` (test images above their
+reconstructions), ``samples_prior.png`` (decoded prior samples; with ``sampler=gmm`` also
+``samples_gmm.png``, from a Gaussian mixture fitted to the training set's posterior means;
+conditional models: one row per class, or ``sample_class``), each task's pictures as PNGs and in
+a TensorBoard log (``eval/<name>``), for anomaly detection ``anomaly_<score>.png`` histograms,
+into the eval run folder, and prints the metrics.
 """
 
 from __future__ import annotations
@@ -25,13 +34,17 @@ from torchvision.utils import make_grid
 from vaelab import anomaly
 from vaelab.callbacks.diagnostics import LatentDiagnostics
 from vaelab.checkpoints import load_module
-from vaelab.data.device_loader import DeviceBatches
 from vaelab.entry import log, pin_run_dir, task_wrapper
 from vaelab.errors import ConfigError, instantiate
-from vaelab.files import save_image_atomic, write_json_atomic
+from vaelab.files import atomic_file, save_image_atomic, write_json_atomic
 from vaelab.metric_info import RunFacts, about, table
+from vaelab.representation import posterior_means
 from vaelab.samplers import PriorSampler
 from vaelab.vae import VAE
+
+# what vaelab.eval can measure (eval.tasks): the likelihood and latent diagnostics (trainer.test), and the
+# applications of a VAE
+TASKS = ("nll", "samples", "completion", "representation", "disentanglement")
 
 
 def datamodule_for(run_data: dict, cfg: DictConfig, **overrides):
@@ -76,16 +89,6 @@ def detect_anomalies(vae: VAE, run_data: dict, cfg: DictConfig, datamodule, out:
     return results
 
 
-@torch.no_grad()
-def training_latents(vae: VAE, datamodule, seed: int) -> torch.Tensor:
-    """Posterior means of every training image [N, D] (conditional models: given the true label)."""
-    datamodule.setup("fit")
-    train = datamodule.train_set
-    batches = DeviceBatches(train.images, train.labels, datamodule.eval_batch_size, shuffle=False, seed=seed,
-                            binarize=train.binarize)
-    return torch.cat([vae.encode(x.to(vae.device), y.to(vae.device)).mu.float().cpu() for x, y in batches])
-
-
 def check_sample_class(vae: VAE, sample_class: int | None) -> None:
     if sample_class is None:
         return
@@ -96,16 +99,22 @@ def check_sample_class(vae: VAE, sample_class: int | None) -> None:
         raise ConfigError(f"sample_class={sample_class} is not a class: choose 0..{vae.num_classes - 1}")
 
 
-@torch.no_grad()
-def sample_grids(vae: VAE, cfg: DictConfig, datamodule) -> dict[str, tuple[torch.Tensor, int]]:
-    """{sampler name: (decoded samples, images per row)} for the prior and, with sampler=gmm, the
-    mixture fitted to the training latents. A conditional model decodes one row per class (the
-    same draws in every row), or ``sample_class`` alone."""
+def fitted_samplers(vae: VAE, cfg: DictConfig, datamodule) -> dict:
+    """{name: sampler}: the prior, and with sampler=gmm the mixture fitted to the posterior means of
+    every training image (conditional models: given the true label)."""
     samplers = {"prior": PriorSampler()}
     chosen = instantiate(cfg.sampler)
     if chosen.needs_fit:
-        chosen.fit(training_latents(vae, datamodule, cfg.seed))
+        datamodule.setup("fit")
+        chosen.fit(posterior_means(vae, datamodule.train_set, datamodule.eval_batch_size, cfg.seed)[0])
         samplers[HydraConfig.get().runtime.choices.sampler] = chosen
+    return samplers
+
+
+@torch.no_grad()
+def sample_grids(vae: VAE, cfg: DictConfig, samplers: dict) -> dict[str, tuple[torch.Tensor, int]]:
+    """{sampler name: (decoded samples, images per row)}. A conditional model decodes one row per class
+    (the same draws in every row), or ``sample_class`` alone."""
     grids = {}
     for name, sampler in samplers.items():
         if vae.conditional and cfg.sample_class is None:  # one row per class, the same draws in each
@@ -118,9 +127,42 @@ def sample_grids(vae: VAE, cfg: DictConfig, datamodule) -> dict[str, tuple[torch
     return grids
 
 
+def application_tasks(vae: VAE, cfg: DictConfig, datamodule, samplers: dict, tasks: set[str]):
+    """The chosen ``eval.tasks`` beyond ``nll``: (metrics, {name: picture}) of each."""
+    metrics, pictures = {}, {}
+    classifier = instantiate(cfg.domain_classifier)(datamodule) if tasks & {"samples", "completion"} else None
+    runs = {
+        "samples": lambda: instantiate(cfg.sample_quality)(vae, datamodule, samplers, classifier, seed=cfg.seed),
+        "completion": lambda: instantiate(cfg.completion)(vae, datamodule, classifier, seed=cfg.seed),
+        "representation": lambda: instantiate(cfg.representation)(vae, datamodule, seed=cfg.seed),
+        "disentanglement": lambda: instantiate(cfg.disentanglement)(vae, datamodule, seed=cfg.seed),
+    }
+    for task in TASKS[1:]:
+        if task in tasks:
+            task_metrics, task_pictures = runs[task]()
+            metrics.update(task_metrics)
+            pictures.update(task_pictures)
+    return metrics, pictures
+
+
+def save_picture(picture, path: Path, writer, tag: str) -> None:
+    """A grid tensor [C, H, W] or a matplotlib figure to ``path`` (PNG, atomically) and to TensorBoard."""
+    if isinstance(picture, torch.Tensor):
+        save_image_atomic(picture, path)
+        writer.add_image(tag, picture)
+    else:
+        with atomic_file(path) as f:
+            picture.savefig(f, format="png")
+        writer.add_figure(tag, picture)
+
+
 def evaluate(cfg: DictConfig) -> dict:
     pin_run_dir()
     L.seed_everything(cfg.seed, workers=True)
+    tasks = set(cfg.eval.tasks)
+    if not tasks or tasks - set(TASKS):
+        raise ConfigError(f"eval.tasks={list(cfg.eval.tasks)} is invalid: choose from {list(TASKS)}, "
+                          "e.g. eval.tasks=[nll,samples]")
     module = load_module(cfg.ckpt_path)
     vae, run_data = module.vae, module.hparams.config["data"]
     check_sample_class(vae, cfg.sample_class)
@@ -128,9 +170,14 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = datamodule_for(run_data, cfg)
     diagnostics = LatentDiagnostics()
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[diagnostics])
-    metrics = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
-    if "test" in diagnostics.kl_per_dim:
-        metrics["test/kl_per_dim"] = diagnostics.kl_per_dim["test"].tolist()
+    metrics = {}
+    if "nll" in tasks:
+        metrics = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
+        if "test" in diagnostics.kl_per_dim:
+            metrics["test/kl_per_dim"] = diagnostics.kl_per_dim["test"].tolist()
+    else:
+        datamodule.setup("test")
+        vae.to(trainer.strategy.root_device)
     if trainer.global_rank != 0:  # under DDP the metrics are already reduced; rank 0 writes the files
         return metrics
 
@@ -141,8 +188,17 @@ def evaluate(cfg: DictConfig) -> dict:
         x, y = x.to(vae.device), y.to(vae.device)
         recon = vae.reconstruct(x, y)
     save_image_atomic(make_grid(torch.cat([x, recon]).cpu(), nrow=len(x), pad_value=0.5), out / "reconstructions.png")
-    for name, (images, per_row) in sample_grids(vae, cfg, datamodule).items():
+    samplers = fitted_samplers(vae, cfg, datamodule)
+    for name, (images, per_row) in sample_grids(vae, cfg, samplers).items():
         save_image_atomic(make_grid(images.cpu(), nrow=per_row, pad_value=0.5), out / f"samples_{name}.png")
+    task_metrics, pictures = application_tasks(vae, cfg, datamodule, samplers, tasks)
+    metrics.update(task_metrics)
+    if pictures:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(out / "tensorboard")) as writer:
+            for name, picture in pictures.items():
+                save_picture(picture, out / f"{name}.png", writer, f"eval/{name}")
     if cfg.anomaly.ood_data or cfg.anomaly.holdout_class is not None:
         metrics.update(detect_anomalies(vae, run_data, cfg, datamodule, out))
 

@@ -21,13 +21,14 @@ class RunFacts:
 
     code_length: bool = True  # the likelihood is a probability mass over the data's values
     latent: str = "gaussian"  # gaussian | flow | ladder: the posterior the latent diagnostics read
+    objective: str = "elbo"  # the objective= option
 
     @classmethod
     def of(cls, module) -> RunFacts:
         """The facts of a ``VAEModule``."""
         vae = module.vae
         latent = "ladder" if vae.ladder is not None else ("gaussian" if vae.posterior.closed_form else "flow")
-        return cls(code_length=module.bits_per_dim, latent=latent)
+        return cls(code_length=module.bits_per_dim, latent=latent, objective=module.objective.name)
 
 
 _LATENT = {
@@ -56,6 +57,14 @@ def describe(name: str, facts: RunFacts = RunFacts()) -> str:
             described += " (one batch, logged every trainer.log_every_n_steps steps)"
     elif stage == "anomaly":
         described = _anomaly(term)
+    elif stage == "disent":
+        described = _disentanglement(term)
+    elif stage == "repr":
+        described = _representation(term)
+    elif stage.startswith("samples"):
+        described = _samples(stage.removeprefix("samples").strip("/"), term)
+    elif stage.startswith("completion/"):
+        described = _completion(stage.removeprefix("completion/"), term)
     else:
         described = ""
     return described
@@ -91,7 +100,7 @@ def _training(term: str, facts: RunFacts) -> str:
     return {
         "loss": f"{NATS}; the minimized objective, epoch mean: recon + beta x the scheduled KL term (elbo), minus the "
                 "IWAE bound (iwae), recon + alpha MI + beta TC + gamma dimension-wise KL (beta_tc), the M2 bound plus "
-                "its classifier term (m2)",
+                "its classifier term (m2), recon + KL + gamma TC (factor_vae), recon + KL + the DIP penalty (dip_vae)",
         "recon": f"{NATS}; -log p(x|z), epoch mean over the training samples.{note}",
         "kl": f"{NATS}; KL(q(z|x) || p(z)), epoch mean (closed form or one-sample Monte Carlo, as val/kl)",
         "kl_z1": f"{NATS}; the lower layer's KL (model=hierarchical)",
@@ -99,8 +108,13 @@ def _training(term: str, facts: RunFacts) -> str:
         "classifier_ce": "nats/labelled image; -log q(y|x) of the labelled images (objective=m2)",
         "mi": f"{NATS}; beta-TC's index-code mutual information E[log q(z|x) - log q(z)], q(z) estimated on the "
               "minibatch by stratified sampling (objective=beta_tc)",
-        "tc": f"{NATS}; beta-TC's total correlation E[log q(z) - sum_d log q(z_d)], the term beta weighs "
-              "(objective=beta_tc)",
+        "tc": (f"{NATS}; the total correlation KL(q(z) || prod_d q(z_d)) as FactorVAE's discriminator estimates it, "
+               "E[log D(z) / (1 - D(z))], the term gamma weighs (objective=factor_vae)")
+        if facts.objective == "factor_vae" else
+        (f"{NATS}; beta-TC's total correlation E[log q(z) - sum_d log q(z_d)], the term beta weighs "
+         "(objective=beta_tc)"),
+        "dip": "the DIP-VAE penalty lambda_od sum_{i!=j} C_ij^2 + lambda_d sum_i (C_ii - 1)^2 on the batch covariance "
+               "C of the latents (objective=dip_vae)",
         "dwkl": f"{NATS}; beta-TC's dimension-wise KL sum_d KL(q(z_d) || p(z_d)) (objective=beta_tc)",
     }.get(term, "")
 
@@ -110,6 +124,60 @@ def _anomaly(term: str) -> str:
         return (f"area under the ROC curve telling the out-of-distribution images (positives) by their "
                 f"{term.removeprefix('auroc_')} score; 1 = perfect, 0.5 = chance")
     return {"inliers": "count; in-distribution test images scored", "outliers": "count; out-of-distribution images scored"}.get(term, "")
+
+
+def _disentanglement(term: str) -> str:
+    return {
+        "mig": "0..1; the mutual information gap (Chen et al. 2018): per factor, the gap between the two latents "
+               "most informative about it over its entropy, averaged (posterior means, 20 bins)",
+        "dci_disentanglement": "0..1; DCI disentanglement (Eastwood & Williams 2018): how much each latent's "
+                               "gradient-boosted-tree importance concentrates on one factor",
+        "dci_completeness": "0..1; DCI completeness: how much each factor concentrates on one latent",
+        "dci_informativeness": "fraction; DCI informativeness: the trees' test accuracy predicting the factors",
+        "sap": "0..1; the separated attribute predictability (Kumar et al. 2018): per factor, the gap between the "
+               "two latents that predict it best, averaged",
+        "factor_vae": "fraction; the FactorVAE score (Kim & Mnih 2018): a majority-vote classifier's accuracy at "
+                      "telling which factor a batch holds fixed from its least-varying latent (1/K at chance)",
+        "factor_vae_active_dims": "count; latents the FactorVAE score kept (standard deviation >= 0.05)",
+        "beta_vae": "fraction; the beta-VAE score (Higgins et al. 2017): a logistic regression's accuracy at telling "
+                    "which factor pairs of images share, from their latent differences",
+    }.get(term, "")
+
+
+def _representation(term: str) -> str:
+    return {
+        "linear_acc": "fraction; test accuracy of a logistic regression from the posterior means to the labels",
+        "knn_acc": "fraction; test accuracy of k-nearest-neighbour voting among the training posterior means",
+        "cluster_acc": "fraction; k-means (K classes) accuracy, clusters matched one-to-one to classes (Hungarian)",
+        "nmi": "0..1; normalized mutual information of the k-means clusters and the labels",
+    }.get(term, "")
+
+
+def _samples(sampler: str, term: str) -> str:
+    source = "training images" if sampler == "train" else f"images generated with sampler={sampler}"
+    return {
+        "fd_domain": f"squared feature distance; the Frechet distance of {source} to test images on the domain "
+                     "classifier's features (not FID: another network); lower is better",
+        "precision_domain": f"0..1; improved precision (Kynkaanniemi et al. 2019) of {source}: the share within the "
+                            "k-NN balls of test images, on the domain classifier's features",
+        "recall_domain": f"0..1; improved recall of {source}: the share of test images within their k-NN balls",
+        "fid": f"squared feature distance; the standard FID of {source} (Inception features)",
+        "precision_inception": f"0..1; improved precision of {source} on Inception features",
+        "recall_inception": f"0..1; improved recall of {source} on Inception features",
+        "domain_classifier_acc": "fraction; the domain classifier's test accuracy",
+    }.get(term, "")
+
+
+def _completion(method: str, term: str) -> str:
+    by = {"mean_image": "the mean training image (baseline)", "reconstruction": "one pass through the model "
+          "(baseline)", "pseudo_gibbs": "pseudo-Gibbs sampling", "mwg": "Metropolis-within-Gibbs sampling",
+          "truth": "the whole test images"}.get(method, method)
+    return {
+        "mse": f"per pixel; mean squared error of the missing pixels filled by {by}",
+        "bce": f"nats/pixel; binary cross-entropy of the missing pixels filled by {by}",
+        "domain_acc": f"fraction; the domain classifier's accuracy on the images completed by {by}",
+        "acceptance": "fraction; the Metropolis acceptance rate",
+    }.get(term, "")
 
 
 def about(names, facts: RunFacts) -> dict[str, str]:

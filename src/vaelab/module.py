@@ -71,7 +71,10 @@ class VAEModule(L.LightningModule):
         self.compile_setting, self.compile_mode = compile, compile_mode
         self.cuda_graph = bool(cuda_graph)
         self._check_combination()
-        self.automatic_optimization = not self.cuda_graph
+        # a second network the objective trains by its own optimizer (FactorVAE's discriminator):
+        # registered here, so that it moves to the device and is checkpointed with the model
+        self.discriminator = objective.discriminator
+        self.automatic_optimization = not (self.cuda_graph or self.discriminator is not None)
         self.graph_step: GraphedStep | None = None
         layers = tuple(f"kl_{name}" for name in (("z1", "z2") if vae.ladder is not None else ()))
         self.train_terms = (*TRAIN_TERMS, *layers, *objective.extra_terms)
@@ -119,14 +122,26 @@ class VAEModule(L.LightningModule):
     def _check_combination(self) -> None:
         """Refuse objectives that the model cannot serve, with the way out."""
         if self.objective.needs_gaussian_posterior and not self.vae.closed_form_kl:
-            raise ConfigError("objective=beta_tc needs posterior=gaussian, prior=normal and a one-layer model")
+            raise ConfigError(f"objective={self.objective.name} needs posterior=gaussian, prior=normal and a "
+                              "one-layer model")
         if self.semi_supervised != self.vae.semi_supervised:
             raise ConfigError("objective=m2 needs model.conditional=true and a model.classifier "
                               "(use experiment=mnist_m2_100), and a model.classifier needs objective=m2")
 
     def check_trainer(self, trainer: L.Trainer) -> None:
-        """cuda_graph=true records one step and replays it: what changes between steps outside the
-        graph's tensors, or needs Lightning's automatic optimization, cannot take part."""
+        """Refuse, before training, the trainer settings the training step cannot follow: with a
+        discriminator (manual optimization) gradient clipping, accumulation and a scheduler; with
+        cuda_graph=true (one recorded step, replayed) also what changes between steps outside the
+        graph's tensors."""
+        if self.discriminator is not None:
+            manual = [(self.cuda_graph, "cuda_graph=true: use cuda_graph=false"),
+                      (self.scheduler_factory is not None, "a learning-rate scheduler: use scheduler=null"),
+                      (trainer.gradient_clip_val not in (None, 0), "trainer.gradient_clip_val: leave it unset"),
+                      (trainer.accumulate_grad_batches != 1, "trainer.accumulate_grad_batches: leave it at 1")]
+            for refused, what in manual:
+                if refused:
+                    raise ConfigError(f"objective={self.objective.name} trains its discriminator by manual "
+                                      f"optimization, which does not support {what}")
         if not self.cuda_graph:
             return
         refusals = [
@@ -195,17 +210,36 @@ class VAEModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         step = self.global_step
-        if self.graph_step is None:
-            t = self.terms(x, y, step)
-            values, loss = self.record_step(t, len(x)), t.loss
-        else:  # manual optimization: the graph fills the gradients, Lightning's optimizer steps
+        if self.graph_step is not None:  # manual optimization: the graph fills the gradients, Lightning's optimizer steps
             values, loss = self.graph_step(x, y), None
             self.optimizers().step()
+        elif self.discriminator is not None:
+            t = self.terms(x, y, step)
+            values, loss = self.record_step(t, len(x)), None
+            self._step_with_discriminator(t)
+        else:
+            t = self.terms(x, y, step)
+            values, loss = self.record_step(t, len(x)), t.loss
         if (step + 1) % self.trainer.log_every_n_steps == 0:
             self._check_finite()
             self.log_dict({f"train/{name}_step": v.clone() for name, v in zip(self.train_terms, values)},
                           on_step=True, on_epoch=False)
         return loss
+
+    def _step_with_discriminator(self, t: Terms) -> None:
+        """Manual optimization for an objective with a discriminator (FactorVAE, Kim & Mnih 2018,
+        Algorithm 2): the VAE's step on its loss, then the discriminator's on telling the batch's
+        latents from their dimension-wise permutation (the same batch, as disentanglement_lib). The
+        discriminator's step goes to its torch optimizer directly, so that ``global_step`` counts the
+        VAE's steps only."""
+        vae_optimizer, discriminator_optimizer = self.optimizers()
+        vae_optimizer.zero_grad()
+        self.manual_backward(t.loss)
+        vae_optimizer.step()
+        discriminator_loss = self.discriminator.loss(t.latents)
+        discriminator_optimizer.zero_grad()
+        self.manual_backward(discriminator_loss)
+        discriminator_optimizer.optimizer.step()
 
     def record_step(self, t: Terms, batch_size: int) -> torch.Tensor:
         """Add the batch's terms to the epoch's sums and watch for non-finite ones (on the device);
@@ -285,7 +319,9 @@ class VAEModule(L.LightningModule):
         self._log_evaluation("test")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.vae.parameters())
+        if self.discriminator is not None:
+            return [optimizer, self.objective.discriminator_optimizer(self.discriminator.parameters())]
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

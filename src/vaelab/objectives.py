@@ -34,6 +34,8 @@ class Terms:
     recon: torch.Tensor
     kl: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # further batch means to log, by name
+    # the latents the loss was computed on [B, D], for objectives that train a second network on them (FactorVAE)
+    latents: torch.Tensor | None = None
 
     @property
     def nelbo(self) -> torch.Tensor:
@@ -46,9 +48,11 @@ def log_importance_weights(sample: LatentSample, log_px: torch.Tensor) -> torch.
 
 
 class Objective:
+    name = "objective"  # the option of the objective= config group
     samples = 1  # z samples per image
     extra_terms: tuple[str, ...] = ()  # the names of further batch means in Terms.extra, logged as train/<name>
     needs_gaussian_posterior = False  # True where the maths needs q = N(mu, sigma) and p = N(0, I)
+    discriminator: torch.nn.Module | None = None  # a second network trained by its own optimizer (FactorVAE)
 
     def __init__(self, kl_schedule: KLSchedule | None = None):
         self.kl_schedule = kl_schedule or Constant()
@@ -82,6 +86,8 @@ class ELBO(Objective):
     then apply to the whole KL, not per dimension.
     """
 
+    name = "elbo"
+
     def __init__(self, beta: float = 1.0, kl_schedule: KLSchedule | None = None):
         super().__init__(kl_schedule)
         if beta < 0:
@@ -104,6 +110,8 @@ class IWAE(Objective):
     held constant; the loss is built as that surrogate (weights detached), with its value
     replaced by -L_k so that the logged loss is the bound itself.
     """
+
+    name = "iwae"
 
     def __init__(self, k: int = 5, kl_schedule: KLSchedule | None = None):
         super().__init__(kl_schedule)
@@ -133,6 +141,7 @@ class BetaTC(Objective):
     ``train/mi``, ``train/tc`` and ``train/dwkl`` (nats per image; they sum to the Monte-Carlo KL).
     """
 
+    name = "beta_tc"
     needs_gaussian_posterior = True
     extra_terms = ("mi", "tc", "dwkl")
 
@@ -225,6 +234,7 @@ class M2(Objective):
     ``classifier_ce``, the labelled images' mean cross-entropy.
     """
 
+    name = "m2"
     extra_terms = ("classifier_ce",)
 
     def __init__(self, alpha: float = 0.1, kl_schedule: KLSchedule | None = None,
@@ -331,6 +341,9 @@ class FactorVAE(Objective):
     not update the discriminator.
     """
 
+    name = "factor_vae"
+    extra_terms = ("tc",)
+
     def __init__(self, gamma: float = 10.0, discriminator: TCDiscriminator | None = None,
                  discriminator_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  kl_schedule: KLSchedule | None = None):
@@ -346,8 +359,9 @@ class FactorVAE(Objective):
 
     def __call__(self, sample: LatentSample, log_px: torch.Tensor, step: int = 0) -> Terms:
         recon, kl = self.reported(sample, log_px)
-        tc = self.discriminator.log_density_ratio(sample.z[0]).mean()
-        return Terms(loss=recon + kl + self.gamma * tc, recon=recon, kl=kl, extra={"tc": tc})
+        z = sample.z[0]
+        tc = self.discriminator.log_density_ratio(z).mean()
+        return Terms(loss=recon + kl + self.gamma * tc, recon=recon, kl=kl, extra={"tc": tc}, latents=z)
 
 
 def covariance(x: torch.Tensor) -> torch.Tensor:
@@ -376,7 +390,9 @@ class DIPVAE(Objective):
     Gaussian posterior's mu and sigma, so it needs posterior=gaussian.
     """
 
+    name = "dip_vae"
     needs_gaussian_posterior = True
+    extra_terms = ("dip",)
 
     def __init__(self, variant: str = "i", lambda_od: float = 10.0, lambda_d: float = 100.0,
                  kl_schedule: KLSchedule | None = None):
