@@ -92,3 +92,27 @@ def test_vaelab_eval_runs_the_three_tasks_on_a_briefly_trained_mnist_model(tmp_p
                                       "eval.tasks=[disentanglement]", f"data.root={DATA_ROOT}"], tmp_path)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1].startswith("vaelab: error: eval.tasks=[disentanglement] needs data")
+
+
+@pytest.mark.slow
+def test_a_training_sweep_measures_its_applications_after_training(tmp_path):
+    """``eval.after_training=[representation]`` in a two-job sweep: each job's metrics.json carries
+    the repr/* metrics beside the test metrics, so one summarize table shows them against beta."""
+    from conftest import DATA_ROOT, run_cli
+
+    sweep = run_cli("vaelab.train", ["-m", "objective.beta=1,8", "eval.after_training=[representation]",
+                                     "debug=limit_batches", "trainer.max_epochs=1", f"data.root={DATA_ROOT}",
+                                     "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                                     "callbacks.latent_embedding=null", "hydra.sweep.dir=sweep"], tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    for job in ("0", "1"):
+        metrics = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
+        assert {"repr/linear_acc", "repr/knn_acc", "repr/cluster_acc", "repr/nmi", "test/nelbo"} <= set(metrics)
+        assert metrics["about"]["repr/nmi"].startswith("0..1")
+    assert summarize([str(tmp_path / "sweep"), "--metric", "repr/linear_acc", "--descending"]) == 0
+    assert "objective.beta" in (tmp_path / "sweep" / "summary.md").read_text()
+    refused = run_cli("vaelab.train", ["eval.after_training=[nll]", f"data.root={DATA_ROOT}"], tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "vaelab: error: eval.after_training=[nll] is invalid: choose among samples, completion, representation, "
+        "disentanglement, e.g. eval.after_training=[disentanglement]")

@@ -36,15 +36,10 @@ from vaelab.callbacks.diagnostics import LatentDiagnostics
 from vaelab.checkpoints import load_module
 from vaelab.entry import log, pin_run_dir, task_wrapper
 from vaelab.errors import ConfigError, instantiate
+from vaelab.evaluation_tasks import checked_tasks, fitted_samplers, run_applications
 from vaelab.files import atomic_file, save_image_atomic, write_json_atomic
 from vaelab.metric_info import RunFacts, about, table
-from vaelab.representation import posterior_means
-from vaelab.samplers import PriorSampler
 from vaelab.vae import VAE
-
-# what vaelab.eval can measure (eval.tasks): the likelihood and latent diagnostics (trainer.test), and the
-# applications of a VAE
-TASKS = ("nll", "samples", "completion", "representation", "disentanglement")
 
 
 def datamodule_for(run_data: dict, cfg: DictConfig, **overrides):
@@ -99,18 +94,6 @@ def check_sample_class(vae: VAE, sample_class: int | None) -> None:
         raise ConfigError(f"sample_class={sample_class} is not a class: choose 0..{vae.num_classes - 1}")
 
 
-def fitted_samplers(vae: VAE, cfg: DictConfig, datamodule) -> dict:
-    """{name: sampler}: the prior, and with sampler=gmm the mixture fitted to the posterior means of
-    every training image (conditional models: given the true label)."""
-    samplers = {"prior": PriorSampler()}
-    chosen = instantiate(cfg.sampler)
-    if chosen.needs_fit:
-        datamodule.setup("fit")
-        chosen.fit(posterior_means(vae, datamodule.train_set, datamodule.eval_batch_size, cfg.seed)[0])
-        samplers[HydraConfig.get().runtime.choices.sampler] = chosen
-    return samplers
-
-
 @torch.no_grad()
 def sample_grids(vae: VAE, cfg: DictConfig, samplers: dict) -> dict[str, tuple[torch.Tensor, int]]:
     """{sampler name: (decoded samples, images per row)}. A conditional model decodes one row per class
@@ -127,24 +110,6 @@ def sample_grids(vae: VAE, cfg: DictConfig, samplers: dict) -> dict[str, tuple[t
     return grids
 
 
-def application_tasks(vae: VAE, cfg: DictConfig, datamodule, samplers: dict, tasks: set[str]):
-    """The chosen ``eval.tasks`` beyond ``nll``: (metrics, {name: picture}) of each."""
-    metrics, pictures = {}, {}
-    classifier = instantiate(cfg.domain_classifier)(datamodule) if tasks & {"samples", "completion"} else None
-    runs = {
-        "samples": lambda: instantiate(cfg.sample_quality)(vae, datamodule, samplers, classifier, seed=cfg.seed),
-        "completion": lambda: instantiate(cfg.completion)(vae, datamodule, classifier, seed=cfg.seed),
-        "representation": lambda: instantiate(cfg.representation)(vae, datamodule, seed=cfg.seed),
-        "disentanglement": lambda: instantiate(cfg.disentanglement)(vae, datamodule, seed=cfg.seed),
-    }
-    for task in TASKS[1:]:
-        if task in tasks:
-            task_metrics, task_pictures = runs[task]()
-            metrics.update(task_metrics)
-            pictures.update(task_pictures)
-    return metrics, pictures
-
-
 def save_picture(picture, path: Path, writer, tag: str) -> None:
     """A grid tensor [C, H, W] or a matplotlib figure to ``path`` (PNG, atomically) and to TensorBoard."""
     if isinstance(picture, torch.Tensor):
@@ -159,10 +124,7 @@ def save_picture(picture, path: Path, writer, tag: str) -> None:
 def evaluate(cfg: DictConfig) -> dict:
     pin_run_dir()
     L.seed_everything(cfg.seed, workers=True)
-    tasks = set(cfg.eval.tasks)
-    if not tasks or tasks - set(TASKS):
-        raise ConfigError(f"eval.tasks={list(cfg.eval.tasks)} is invalid: choose from {list(TASKS)}, "
-                          "e.g. eval.tasks=[nll,samples]")
+    tasks = checked_tasks(cfg.eval.tasks, "eval.tasks")
     module = load_module(cfg.ckpt_path)
     vae, run_data = module.vae, module.hparams.config["data"]
     check_sample_class(vae, cfg.sample_class)
@@ -188,10 +150,15 @@ def evaluate(cfg: DictConfig) -> dict:
         x, y = x.to(vae.device), y.to(vae.device)
         recon = vae.reconstruct(x, y)
     save_image_atomic(make_grid(torch.cat([x, recon]).cpu(), nrow=len(x), pad_value=0.5), out / "reconstructions.png")
-    samplers = fitted_samplers(vae, cfg, datamodule)
+    samplers = fitted_samplers(vae, instantiate(cfg.sampler), HydraConfig.get().runtime.choices.sampler, datamodule,
+                               cfg.seed)
     for name, (images, per_row) in sample_grids(vae, cfg, samplers).items():
         save_image_atomic(make_grid(images.cpu(), nrow=per_row, pad_value=0.5), out / f"samples_{name}.png")
-    task_metrics, pictures = application_tasks(vae, cfg, datamodule, samplers, tasks)
+    runs = {task: instantiate(cfg[group]) for task, group in (("samples", "sample_quality"), ("completion", "completion"),
+                                                               ("representation", "representation"),
+                                                               ("disentanglement", "disentanglement"))}
+    task_metrics, pictures = run_applications(vae, datamodule, tasks, runs, samplers,
+                                              instantiate(cfg.domain_classifier), cfg.seed)
     metrics.update(task_metrics)
     if pictures:
         from torch.utils.tensorboard import SummaryWriter

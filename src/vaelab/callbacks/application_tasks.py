@@ -1,0 +1,57 @@
+"""The applications of the trained model measured after testing (``eval.after_training``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import lightning as L
+
+from vaelab.callbacks import tensorboard_writer
+from vaelab.evaluation_tasks import (
+    APPLICATIONS,
+    checked_tasks,
+    fitted_samplers,
+    run_applications,
+)
+
+log = logging.getLogger("vaelab")
+
+
+class ApplicationTasks(L.Callback):
+    """After the test, on rank 0, runs the ``tasks`` of ``vaelab.evaluation_tasks`` (samples,
+    completion, representation, disentanglement) on the tested model, logs their metrics as test
+    metrics (so they reach metrics.json and a sweep's summary) and draws their pictures in
+    TensorBoard (``tasks/<name>``). ``disentanglement`` runs only on data with known factors
+    (``data=dsprites``, ``color_dsprites``) and is skipped elsewhere. The task settings are the
+    groups ``sample_quality/``, ``completion/``, ``representation/``, ``disentanglement/``,
+    ``domain_classifier/`` and ``sampler/`` of the run's config."""
+
+    def __init__(self, tasks, runs: dict[str, Callable], domain_classifier: Callable, sampler,
+                 sampler_name: str = "gmm", seed: int = 0):
+        self.tasks = checked_tasks(tasks, "eval.after_training", APPLICATIONS)
+        self.runs, self.domain_classifier, self.seed = runs, domain_classifier, seed
+        self.sampler, self.sampler_name = sampler, sampler_name
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        datamodule = trainer.datamodule
+        tasks = set(self.tasks)
+        if "disentanglement" in tasks and getattr(datamodule, "factor_data", None) is None:
+            tasks.discard("disentanglement")  # (no known factors in this data set)
+        if not tasks or not trainer.is_global_zero:
+            return
+        log.info("measuring %s after training", ", ".join(t for t in APPLICATIONS if t in tasks))
+        vae = pl_module.vae
+        samplers = fitted_samplers(vae, self.sampler, self.sampler_name, datamodule, self.seed) \
+            if "samples" in tasks else {}
+        metrics, pictures = run_applications(vae, datamodule, tasks, self.runs, samplers, self.domain_classifier,
+                                             self.seed)
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
+        writer = tensorboard_writer(trainer)
+        for name, picture in pictures.items():
+            if writer is None:
+                continue
+            if hasattr(picture, "savefig"):
+                writer.add_figure(f"tasks/{name}", picture, global_step=trainer.global_step)
+            else:
+                writer.add_image(f"tasks/{name}", picture, global_step=trainer.global_step)
