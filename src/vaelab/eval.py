@@ -30,6 +30,7 @@ from vaelab.entry import log, pin_run_dir, task_wrapper
 from vaelab.errors import ConfigError, instantiate
 from vaelab.files import save_image_atomic, write_json_atomic
 from vaelab.metric_info import RunFacts, about, table
+from vaelab.plugins import refuse_missing_plugins
 from vaelab.samplers import PriorSampler
 from vaelab.vae import VAE
 
@@ -155,6 +156,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return record
 
 
+@refuse_missing_plugins  # before Hydra composes the config
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     task_wrapper(evaluate)(cfg)
