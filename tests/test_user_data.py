@@ -2,6 +2,8 @@
 size, binarization), data=folder and data=array with real files written here, what the config reads
 from them, the split, the models' shapes, and one training run of each source."""
 
+import hashlib
+import json
 import os
 import time
 
@@ -255,6 +257,24 @@ def test_the_conv_models_take_28_32_and_64_pixels_and_name_the_sizes_they_take(t
                                           r"height and width divisible by 4 \(the nearest: 28, 32 px\).*model=mlp or "
                                           r"model=hierarchical, which take any size"):
         instantiate(cfg.model)
+
+
+def test_each_folder_gets_its_own_cached_domain_classifier(tmp_path):
+    """The sample-quality classifier's cache key names the user's data (two folders of the same
+    shape would otherwise share one); the datasets without a path keep their keys."""
+    from vaelab.domain_classifier import cache_path
+
+    def datamodule(path):
+        return folder_datamodule(path, tmp_path, 1, 8) if path else ImageDataModule("mnist", [1, 28, 28], str(tmp_path))
+
+    a, b = cache_path(datamodule(tmp_path / "a"), {}), cache_path(datamodule(tmp_path / "b"), {})
+    assert a != b and a.parent == b.parent == tmp_path / "domain_classifier"
+    assert cache_path(datamodule(tmp_path / "a"), {}) == a
+    mnist = datamodule(None)  # its key as before: the data settings alone
+    settings = {"name": "mnist", "shape": [1, 28, 28], "val_size": 5000, "split_seed": 0, "binarize": "none",
+                "binarize_seed": 0, "exclude_classes": [], "num_classes": 10}
+    digest = hashlib.sha256(json.dumps({"data": settings, "classifier": {}}, sort_keys=True).encode()).hexdigest()
+    assert cache_path(mnist, {}).name == f"mnist-{digest[:12]}.pt"
 
 
 # --- data=array --------------------------------------------------------------------------------
