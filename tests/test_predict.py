@@ -121,8 +121,8 @@ def test_score_of_an_array_and_a_dataset_name(tmp_path):
 def test_bad_input_is_one_line(tmp_path, folder):
     ckpt = save_untrained(tmp_path)
     for overrides, error, message in (
-        (["input=nowhere"], ConfigError, "input=nowhere is neither a folder or file of images, a .npy/.npz file nor a "
-                                         "dataset name"),
+        (["input=nowhere"], ConfigError, ("input=nowhere is neither a folder or file of images, a .npy/.npz file nor "
+                                          "a dataset name")),
         (["task=encode"], ConfigError, "task=encode needs input="),
         ([f"input={folder}", "task=decode"], ConfigError, "task=decode is not one of encode, reconstruct, score, sample"),
         ([f"input={folder}", "predict.batch_size=0"], ConfigError, "predict.batch_size=0 is invalid"),

@@ -5,9 +5,9 @@ import json
 import struct
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 from conftest import REPO, compose_config, read_metrics
 
 from vaelab import plugins
@@ -116,8 +116,8 @@ def test_a_missing_plugin_is_one_sentence_with_its_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_submitit_launcher", None)
     assert plugins.missing(["logger=many", "hydra/launcher=submitit_slurm", "logger=tensorboard"]) == [
         "logger=many needs mlflow, which is not installed: pip install 'vaelab[mlflow]'",
-        "hydra/launcher=submitit_slurm needs hydra_plugins.hydra_submitit_launcher, which is not installed: "
-        "pip install 'vaelab[slurm]'"]
+        ("hydra/launcher=submitit_slurm needs hydra_plugins.hydra_submitit_launcher, which is not installed: "
+         "pip install 'vaelab[slurm]'")]
     assert plugins.missing(["logger=wandb", "hparams_search=optuna"]) == []  # installed here
 
 
@@ -134,7 +134,8 @@ def test_an_entry_point_refuses_a_missing_plugin_before_hydra_composes(tmp_path,
     the check Hydra would report "Could not find 'hydra/sweeper/optuna'" with the search path."""
     code = (f"import sys; sys.modules[{module!r}] = None; sys.argv = ['{entry}', *{args!r}]; "
             f"from {entry} import main; main()")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            check=False)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"vaelab: error: {choice} needs {module}, which is not installed: {pip}"]
     assert not (tmp_path / "outputs").exists()

@@ -36,6 +36,7 @@ def choices(overrides: Sequence[str]) -> list[tuple[str, str]]:
     values (``logger=[tensorboard,mlflow]``, ``-m logger=csv,wandb``) included; flags are skipped."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import OverrideParseException
 
     parser, picked = OverridesParser.create(), []
     for arg in overrides:
@@ -43,7 +44,7 @@ def choices(overrides: Sequence[str]) -> list[tuple[str, str]]:
             continue
         try:
             override = parser.parse_override(arg)
-        except Exception:  # Hydra reports a malformed override itself
+        except OverrideParseException:  # Hydra reports a malformed override itself
             continue
         if override.is_delete():
             continue

@@ -29,7 +29,14 @@ import numpy as np
 import torch
 
 from vaelab.data.sources import Dataset, Split
-from vaelab.data.transform import IMAGE_SUFFIXES, listing, list_files, read_files, read_headers, refuse_other_files
+from vaelab.data.transform import (
+    IMAGE_SUFFIXES,
+    list_files,
+    listing,
+    read_files,
+    read_headers,
+    refuse_other_files,
+)
 from vaelab.errors import ConfigError, DataError
 from vaelab.files import atomic_file
 
