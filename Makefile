@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pytest and the optional plugins the tests use (sweeper, SLURM launcher, trackers)
+EXTRAS := dev,optuna,slurm,mlflow,wandb
 
 # Use ../shared/data as the offline data mirror when it exists and no mirror was chosen.
 ifeq ($(origin VAELAB_DATA_MIRROR), undefined)
@@ -17,7 +19,7 @@ endif
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -21,7 +21,7 @@ def options(group: str) -> list[str]:
 
 
 def test_the_config_groups_offer_what_the_readme_promises():
-    assert options("data") == ["cifar10", "color_dsprites", "dsprites", "fashion_mnist", "mnist"]
+    assert options("data") == ["array", "cifar10", "color_dsprites", "dsprites", "fashion_mnist", "folder", "mnist"]
     assert options("model") == ["conv", "hierarchical", "mlp", "resnet"]
     assert options("posterior") == ["gaussian", "iaf", "planar"]
     assert options("prior") == ["mog", "normal", "vamp"]
@@ -30,7 +30,7 @@ def test_the_config_groups_offer_what_the_readme_promises():
     assert options("objective") == ["beta_tc", "dip_vae", "elbo", "factor_vae", "iwae", "m2"]
     assert options("kl_schedule") == ["capacity", "constant", "cyclical", "free_bits", "linear_warmup"]
     assert set(options("trainer")) >= {"default", "cpu", "gpu", "ddp", "ddp_sim"}
-    assert options("logger") == ["csv", "none", "tensorboard"]
+    assert options("logger") == ["csv", "many", "mlflow", "none", "tensorboard", "wandb"]
     assert set(options("experiment")) >= {"mnist_seed", "fashion_conv", "cifar10_conv"}
     assert options("debug") == ["fast_dev_run", "limit_batches", "overfit"]
 
@@ -45,7 +45,8 @@ def test_every_experiment_composes_and_runs_a_fast_dev_run(tmp_path, experiment)
 
 @pytest.mark.parametrize("likelihood", options("likelihood"))
 @pytest.mark.parametrize("model", options("model"))
-@pytest.mark.parametrize("data", [d for d in options("data") if "dsprites" not in d])  # 64 px: test_dsprites.py
+# (dSprites, 64 px: test_dsprites.py; a user's folder or array: test_user_data.py)
+@pytest.mark.parametrize("data", [d for d in options("data") if "dsprites" not in d and d not in ("folder", "array")])
 def test_every_data_model_likelihood_combination_trains(tmp_path, data, model, likelihood):
     cfg = compose_config(tmp_path, [f"data={data}", f"model={model}", f"likelihood={likelihood}",
                                     "debug=fast_dev_run", "data.batch_size=16", "data.eval_batch_size=16"])

@@ -1,7 +1,7 @@
 """Reading vaelab checkpoints: each carries its run's resolved config, so it rebuilds its model alone.
 
-- ``load(path, device)``: the ``VAE`` of a run folder or ``.ckpt`` file, in eval mode, for use
-  from Python (``vaelab.load``);
+- ``load(path, device)``: the ``VAE`` of a run folder or ``.ckpt`` file, in eval mode, with its
+  data transform (``vae.transform``), for use from Python (``vaelab.load``);
 - ``load_module(path)``: the whole ``VAEModule`` (objective, optimizer settings, evaluation
   settings), as ``vaelab.eval`` needs it;
 - ``upgrade(checkpoint)``: checkpoints written before the model was split from the
@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from vaelab.data.transform import ImageTransform
 from vaelab.errors import VaelabError, instantiate
 from vaelab.vae import VAE
 
@@ -80,11 +81,15 @@ def read(path: str | Path) -> dict[str, Any]:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> VAE:
-    """The trained ``VAE`` of a run folder or checkpoint, in eval mode on ``device``."""
+    """The trained ``VAE`` of a run folder or checkpoint, in eval mode on ``device``, with its data
+    transform as ``vae.transform`` (``vaelab.data.transform.ImageTransform``: user images -> the
+    model's input, float [N, C, H, W] in [0, 1] on the CPU)."""
     checkpoint = read(path)
-    vae: VAE = instantiate(checkpoint["hyper_parameters"]["config"]["model"])
+    config = checkpoint["hyper_parameters"]["config"]
+    vae: VAE = instantiate(config["model"])
     prefix = "vae."
     vae.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    vae.transform = ImageTransform.of_run(config)
     return vae.to(device).eval()
 
 

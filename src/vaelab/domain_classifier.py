@@ -68,6 +68,8 @@ def cache_path(datamodule, settings: dict) -> Path:
     """``<data.root>/domain_classifier/<dataset>-<hash of the data and classifier settings>.pt``."""
     data = {key: getattr(datamodule, key) for key in DATA_KEYS}
     data["shape"], data["exclude_classes"] = list(data["shape"]), sorted(data["exclude_classes"])
+    if getattr(datamodule, "path", None):  # a user's own images (data=folder|array): which ones
+        data["path"] = str(Path(datamodule.path).expanduser().resolve())
     text = json.dumps({"data": data, "classifier": settings}, sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return Path(datamodule.root).expanduser() / "domain_classifier" / f"{datamodule.name}-{digest}.pt"

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, read_write
 
-from vaelab.errors import ConfigError, VaelabError, instantiate
+from vaelab.errors import ConfigError, instantiate, user_error
 from vaelab.files import write_json_atomic
 
 log = logging.getLogger("vaelab")
@@ -70,18 +70,18 @@ def task_wrapper(task: Callable[[DictConfig], dict | None]) -> Callable[[DictCon
     def wrapped(cfg: DictConfig):
         try:
             return task(cfg)
-        except VaelabError as err:
-            if _multirun():
-                log.error("job failed: %s", err)
-                _record_failure(err)
-                return None
-            print(f"vaelab: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
         except Exception as err:
+            user = user_error(err)
             if _multirun():
-                log.exception("job failed")
-                _record_failure(err)
+                if user is not None:
+                    log.error("job failed: %s", user)
+                else:
+                    log.exception("job failed")
+                _record_failure(user or err)
                 return None
-            raise
+            if user is None:
+                raise
+            print(f"vaelab: error: {user}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     return wrapped

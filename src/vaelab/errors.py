@@ -19,6 +19,18 @@ def check_integer(key: str, value, minimum: int = 1) -> None:
         raise ConfigError(f"{key}={value} is invalid: it must be an integer >= {minimum}")
 
 
+def user_error(err: BaseException | None) -> VaelabError | None:
+    """The VaelabError behind ``err``: itself, or the one it was raised from or while handling (Hydra's
+    InstantiationException and OmegaConf's errors of a failed ``${vaelab.from_data:...}`` wrap them)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, VaelabError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def instantiate(config, *args, **kwargs):
     """``hydra.utils.instantiate`` that lets a VaelabError raised by the target come out as itself
     instead of wrapped in Hydra's InstantiationException, so the user gets its one clear line."""
@@ -28,9 +40,7 @@ def instantiate(config, *args, **kwargs):
     try:
         return hydra_instantiate(config, *args, **kwargs)
     except InstantiationException as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, VaelabError):
-            cause = cause.__cause__
+        cause = user_error(err)
         if cause is not None:
             raise cause from None
         raise

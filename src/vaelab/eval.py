@@ -39,6 +39,7 @@ from vaelab.errors import ConfigError, instantiate
 from vaelab.evaluation_tasks import checked_tasks, fitted_samplers, run_applications
 from vaelab.files import atomic_file, save_image_atomic, write_json_atomic
 from vaelab.metric_info import RunFacts, about, table
+from vaelab.plugins import refuse_missing_plugins
 from vaelab.vae import VAE
 
 
@@ -178,6 +179,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return record
 
 
+@refuse_missing_plugins  # before Hydra composes the config
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     task_wrapper(evaluate)(cfg)

@@ -70,6 +70,7 @@ class VAEModule(L.LightningModule):
             raise ConfigError(f"compile must be auto, true or false, got {compile!r}")
         self.compile_setting, self.compile_mode = compile, compile_mode
         self.cuda_graph = bool(cuda_graph)
+        self.predict_task = "encode"  # what predict_step computes (vaelab.predict sets it)
         self._check_combination()
         # a second network the objective trains by its own optimizer (FactorVAE's discriminator):
         # registered here, so that it moves to the device and is checkpointed with the model
@@ -317,6 +318,26 @@ class VAEModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
+
+    # --- vaelab.predict -----------------------------------------------------------------
+    def predict_step(self, batch, batch_idx) -> dict[str, torch.Tensor]:
+        """``predict_task`` on a batch (inputs, labels; the labels reach conditional models only), on
+        the CPU: ``encode`` the posterior's ``mean`` and ``logvar`` [B, D] (``VAE.encode``),
+        ``reconstruct`` E[x | z = E[z|x]], ``score`` the negative ELBO (one z) and the IWAE NLL
+        (``iw_samples``) per image in nats; ``sample`` decodes the inputs, which are then latents z."""
+        x, y = batch
+        y = y if self.vae.conditional else None
+        if self.predict_task == "encode":
+            q = self.vae.encode(x, y)
+            out = {"mean": q.mean, "logvar": q.logvar}
+        elif self.predict_task == "reconstruct":
+            out = {"reconstruction": self.vae.reconstruct(x, y)}
+        elif self.predict_task == "score":
+            out = {"nelbo": self.vae.elbo_terms(x, y).nelbo,
+                   "nll_iw": -self.vae.log_likelihood(x, self.iw_samples, y, self.iw_chunk)}
+        else:
+            out = {"image": self.vae.decode(x, y)}
+        return {name: value.float().cpu() for name, value in out.items()}
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.vae.parameters())

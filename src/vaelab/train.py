@@ -22,6 +22,7 @@ from vaelab.entry import (
 from vaelab.errors import instantiate
 from vaelab.metric_info import RunFacts, table
 from vaelab.module import VAEModule
+from vaelab.plugins import refuse_missing_plugins
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
@@ -69,6 +70,7 @@ def optimized_value(metrics: dict | None, name: str | None) -> float | None:
     return metrics[name]
 
 
+@refuse_missing_plugins  # before Hydra composes the config
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     return optimized_value(task_wrapper(train)(cfg), cfg.get("optimized_metric"))

@@ -55,10 +55,14 @@ def _already_batched(batch):
 
 
 class ImageDataModule(L.LightningDataModule):
-    """MNIST, Fashion-MNIST, CIFAR-10, dSprites or colour dSprites: a deterministic train/val split
-    of the official training set (``val_size`` images, chosen by ``split_seed``) and the official
-    test set. A dataset without an official test split (dSprites) first loses ``test_size`` images,
-    chosen by ``split_seed``, to the test set; ``test_size`` must be null for the others.
+    """MNIST, Fashion-MNIST, CIFAR-10, dSprites, colour dSprites or a user's images (``folder``,
+    ``array``: ``path``, converted to ``channels`` and ``image_size``): a deterministic train/val
+    split of the official training set (``val_size`` images, chosen by ``split_seed``) and the
+    official test set. A dataset without an official test split (dSprites, a user's images without
+    a test/ folder) first loses ``test_size`` images, chosen by ``split_seed``, to the test set;
+    ``test_size`` must be null for the others. A given validation split (a user's val/ folder) is
+    used as it is. ``val_size`` and ``test_size`` below 1 are fractions of the images they are taken
+    from (rounded, at least one image).
 
     Datasets with ground-truth factors (dSprites) give each split's ``factors`` (int64 [N, K]) and
     ``factor_data`` (``vaelab.data.factors.FactorData``, the whole factor grid, on the CPU), from
@@ -100,16 +104,21 @@ class ImageDataModule(L.LightningDataModule):
                  num_workers: int = 0, pin_memory: bool = False, on_device: bool | str = "auto",
                  seed: int | None = 0, binarize: str = "none", binarize_seed: int = 0,
                  exclude_classes: Sequence[int] = (), num_classes: int = 10, labels_per_class: int | None = None,
-                 labels_seed: int = 0, labelled_batch_size: int = 100, test_size: int | None = None):
+                 labels_seed: int = 0, labelled_batch_size: int = 100, test_size: float | None = None,
+                 path: str | None = None, channels: int | None = None, image_size: int | None = None):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if val_size < 0:
             raise ConfigError(f"data.val_size must be >= 0, got {val_size}")
-        if test_size is not None and test_size < 1:
-            raise ConfigError(f"data.test_size must be >= 1 (or null for a dataset with an official test set), "
-                              f"got {test_size}")
+        if test_size is not None and test_size <= 0:
+            raise ConfigError(f"data.test_size must be a number of images or a fraction of them (or null for a "
+                              f"dataset with an official test set), got {test_size}")
         self.test_size = test_size
+        # a user's own images (folder, array): where they are and what they are converted to
+        self.user_settings = {"path": path, "channels": channels, "image_size": image_size} if name in (
+            "folder", "array") else {}
+        self.path = path
         self.name = name
         self.shape = tuple(int(s) for s in shape)
         self.root = root
@@ -150,7 +159,8 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
-        data = self._with_test_split(load_dataset(self.name, self.root, self.mirrors, self.download))
+        data = self._with_test_split(load_dataset(self.name, self.root, self.mirrors, self.download,
+                                                  **self.user_settings))
         if isinstance(data.train.images, PackedImages) and self.binarize != "none":
             raise ConfigError(f"{self.name} is binary already: use data.binarize=none")
         if tuple(data.train.images.shape[1:]) != self.shape:
@@ -162,16 +172,11 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.num_classes={self.num_classes} but {self.name} has label {top}: use data.num_classes={top + 1}"
             )
-        n = len(data.train.labels)
-        if self.val_size >= n:
-            raise ConfigError(f"data.val_size={self.val_size} leaves no training images (the training set has {n})")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-        val_idx, train_idx = order[: self.val_size].sort().values, order[self.val_size :].sort().values
-        train, val = (self._kept(data.train.take(i)) for i in (train_idx, val_idx))
+        train, val = self._with_val_split(data)
         self.labelled_indices = self._labelled_subset(train.labels)
         dynamic = self.binarize == "dynamic"
         self.train_set = TensorImages(self._binarized(train, 1) if not dynamic else train, binarize=dynamic)
-        self.val_set = TensorImages(self._binarized(val, 2)) if self.val_size else None
+        self.val_set = TensorImages(self._binarized(val, 2)) if len(val.labels) else None
         self.test_set = TensorImages(self._binarized(data.test, 3))
         self.factor_data = data.factor_data
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -182,20 +187,39 @@ class ImageDataModule(L.LightningDataModule):
                 if ds is not None
             }
 
+    @staticmethod
+    def _count(size: float, n: int) -> int:
+        """``size`` images of n: a count, or below 1 a fraction of n (rounded, at least one image)."""
+        return int(size) if size >= 1 or size == 0 else max(1, round(size * n))
+
     def _with_test_split(self, data: sources.Dataset) -> sources.Dataset:
         """The dataset with its official test set, or with ``test_size`` images (the first of a
         permutation drawn with ``split_seed``) held out as one where it has none."""
         if data.test is not None:
-            if self.test_size is not None:
+            if self.test_size is not None and self.name not in ("folder", "array"):
                 raise ConfigError(f"{self.name} has an official test set: leave data.test_size=null")
             return data
         n = len(data.train.labels)
-        if self.test_size is None or self.test_size >= n:
+        size = None if self.test_size is None else self._count(self.test_size, n)
+        if size is None or size >= n:
             raise ConfigError(f"{self.name} has no official test set: set data.test_size to the number of its "
-                              f"{n} images to hold out for testing")
+                              f"{n} images (or the fraction of them) to hold out for testing")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-        test_idx, train_idx = order[: self.test_size].sort().values, order[self.test_size :].sort().values
+        test_idx, train_idx = order[:size].sort().values, order[size:].sort().values
         return replace(data, train=data.train.take(train_idx), test=data.train.take(test_idx))
+
+    def _with_val_split(self, data: sources.Dataset) -> tuple[Split, Split]:
+        """(training, validation) images: the given validation split, or ``val_size`` training images
+        (the first of a permutation drawn with ``split_seed``); classes in ``exclude_classes`` removed."""
+        if data.val is not None:
+            return self._kept(data.train), self._kept(data.val)
+        n = len(data.train.labels)
+        size = self._count(self.val_size, n)
+        if size >= n:
+            raise ConfigError(f"data.val_size={self.val_size} leaves no training images (the training set has {n})")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = order[:size].sort().values, order[size:].sort().values
+        return self._kept(data.train.take(train_idx)), self._kept(data.train.take(val_idx))
 
     def _kept(self, split: Split) -> Split:
         if not self.exclude_classes:
@@ -248,7 +272,8 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def has_validation(self) -> bool:
-        return self.val_size > 0
+        """Whether there are validation images (known once ``setup`` ran)."""
+        return self.val_set is not None
 
     def per_device_batch_size(self, batch_size: int) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1

@@ -1,5 +1,7 @@
 """Where datasets come from, in order: a prepared ``data.root``, local mirror folders, torchvision's
-download (or, for a dataset generated here, its rendering into ``data.root``).
+download (or, for a dataset generated here, its rendering into ``data.root``); a user's own images
+come from ``data.path`` alone (``data=folder``: ``vaelab.data.folder``, ``data=array``:
+``vaelab.data.arrays``).
 
 Each source returns uint8 images [N, C, H, W] and int64 labels [N] for the
 official train and test sets (a dataset without an official test split, such as dSprites, returns
@@ -27,6 +29,7 @@ from vaelab.files import atomic_file
 
 log = logging.getLogger(__name__)
 
+DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10", "dsprites", "color_dsprites")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -47,6 +50,7 @@ class Dataset:
     train: Split
     test: Split | None  # None: no official test split (the data module holds one out)
     factor_data: FactorData | None = None  # the full factor grid, for datasets with ground-truth factors
+    val: Split | None = None  # a given validation split (a user's val/ folder); None: held out of train
 
 
 def _split(images: np.ndarray, labels: np.ndarray, name: str) -> Split:
@@ -185,7 +189,14 @@ class CIFAR10Source:
         return cache
 
 
-def make_source(name: str, root: Path):
+def make_source(name: str, root: Path, path: str | None = None, channels: int | None = None,
+                image_size: int | None = None):
+    """The source of dataset ``name``; ``path``, ``channels`` and ``image_size`` are the settings of a
+    user's own images (``folder``, ``array``)."""
+    if name in ("folder", "array"):
+        from vaelab.data.user_data import user_source  # it builds on this module's Split and Dataset
+
+        return user_source(name, path, root, channels, image_size)
     if name == "mnist":
         return IDXSource("MNIST", "MNIST", ["MNIST/raw", "MNIST"])
     if name == "fashion_mnist":
@@ -196,15 +207,16 @@ def make_source(name: str, root: Path):
         from vaelab.data.dsprites import DSpritesSource  # it builds on this module's Split and Dataset
 
         return DSpritesSource(colour=name == "color_dsprites")
-    raise ConfigError(f"unknown data.name {name!r}: choose one of mnist, fashion_mnist, cifar10, dsprites, "
-                      "color_dsprites")
+    raise ConfigError(f"unknown data.name {name!r}: choose one of {', '.join(DATASET_NAMES)}, folder, array")
 
 
-def load_dataset(name: str, root: str | Path, mirrors: Sequence[str | None] = (), download: bool = True) -> Dataset:
+def load_dataset(name: str, root: str | Path, mirrors: Sequence[str | None] = (), download: bool = True,
+                 **user_settings) -> Dataset:
     """Load a dataset from the first place that has it: root, then each mirror, then a download into
-    root (a generated dataset is rendered into root instead, whatever ``download`` says)."""
+    root (a generated dataset is rendered into root instead, whatever ``download`` says); a user's
+    images from ``user_settings`` (``path``, ``channels``, ``image_size``; see ``make_source``)."""
     root = Path(root).expanduser().resolve()
-    source = make_source(name, root)
+    source = make_source(name, root, **user_settings)
     looked: list[str] = []
     candidates = [("data.root", source.prepared(root))]
     for mirror in mirrors:

@@ -18,17 +18,22 @@ from torch import nn
 from vaelab.errors import ConfigError
 
 
-def checked_shape(shape: Sequence[int], latent_dim: int, min_downsample: int = 1) -> tuple[int, int, int]:
-    """Validate (C, H, W) and latent_dim for a net that halves H and W log2(min_downsample) times."""
+def checked_shape(shape: Sequence[int], latent_dim: int, min_downsample: int = 1,
+                  model: str = "") -> tuple[int, int, int]:
+    """Validate (C, H, W) and latent_dim for a net (of the config ``model=<model>``) that halves H and
+    W log2(min_downsample) times: H and W must be multiples of min_downsample."""
     if int(latent_dim) < 1:
         raise ConfigError(f"model.latent_dim must be >= 1, got {latent_dim}: pass model.latent_dim=<positive integer>")
     if len(shape) != 3:
         raise ConfigError(f"data.shape must be [channels, height, width], got {list(shape)}")
     c, h, w = (int(s) for s in shape)
-    if h % min_downsample or w % min_downsample:
+    f = min_downsample
+    if h % f or w % f:
+        near = sorted({max(f, s // f * f) for s in (h, w)} | {-(-s // f) * f for s in (h, w)})
         raise ConfigError(
-            f"this architecture downsamples by {min_downsample}, so image height and width must be multiples of it; "
-            f"got {h}x{w}: pick another model= or resize the data"
+            f"model={model} cannot take {h}x{w} images: its {f.bit_length() - 1} stride-2 stages need a height and "
+            f"width divisible by {f} (the nearest: {', '.join(map(str, near))} px): resize the images "
+            f"(data.image_size=... for your own) or use model=mlp or model=hierarchical, which take any size"
         )
     return c, h, w
 

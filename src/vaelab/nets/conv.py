@@ -17,7 +17,7 @@ class ConvEncoder(nn.Module):
                  extra_outputs: int = 0, cond_dim: int = 0):
         super().__init__()
         factor = 2 ** len(channels)
-        c, h, w = checked_shape(shape, latent_dim, factor)
+        c, h, w = checked_shape(shape, latent_dim, factor, "conv")
         layers: list[nn.Module] = [ShapeCheck(shape)]
         for c_in, c_out in zip([c, *channels[:-1]], channels, strict=True):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
@@ -37,7 +37,7 @@ class ConvDecoder(nn.Module):
                  channels: Sequence[int] = (32, 64), hidden: int = 256, cond_dim: int = 0):
         super().__init__()
         factor = 2 ** len(channels)
-        _, h, w = checked_shape(shape, latent_dim, factor)
+        _, h, w = checked_shape(shape, latent_dim, factor, "conv")
         top = (channels[-1], h // factor, w // factor)
         layers: list[nn.Module] = [
             nn.Linear(latent_dim + cond_dim, hidden), nn.ReLU(),

@@ -35,7 +35,7 @@ class ResNetEncoder(nn.Module):
                  extra_outputs: int = 0, cond_dim: int = 0):
         super().__init__()
         factor = 2 ** len(channels)
-        c, h, w = checked_shape(shape, latent_dim, factor)
+        c, h, w = checked_shape(shape, latent_dim, factor, "resnet")
         layers: list[nn.Module] = [ShapeCheck(shape)]
         for c_in, c_out in zip([c, *channels[:-1]], channels, strict=True):
             layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1))
@@ -54,7 +54,7 @@ class ResNetDecoder(nn.Module):
                  channels: Sequence[int] = (64, 128), blocks: int = 2, cond_dim: int = 0):
         super().__init__()
         factor = 2 ** len(channels)
-        _, h, w = checked_shape(shape, latent_dim, factor)
+        _, h, w = checked_shape(shape, latent_dim, factor, "resnet")
         top = (channels[-1], h // factor, w // factor)
         layers: list[nn.Module] = [nn.Linear(latent_dim + cond_dim, top[0] * top[1] * top[2]), nn.Unflatten(1, top)]
         widths = list(reversed(channels))
