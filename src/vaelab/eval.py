@@ -22,22 +22,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid
 
-from vaelab import anomaly
+from vaelab import anomaly, startup
+from vaelab.checkpoint_io import read_checkpoint
 from vaelab.data.device_loader import DeviceBatches
 from vaelab.entry import log, pin_run_dir, task_wrapper
-from vaelab.errors import ConfigError, VaelabError, instantiate
+from vaelab.errors import ConfigError, instantiate
 from vaelab.files import save_image_atomic, write_json_atomic
 from vaelab.module import VAEModule
 from vaelab.samplers import PriorSampler
 
 
 def load_checkpoint(path: str) -> VAEModule:
-    if not Path(path).is_file():
-        raise VaelabError(f"checkpoint not found: ckpt_path={path}; pass the path of a .ckpt file from a run folder")
-    try:
-        return VAEModule.load_from_checkpoint(path, map_location="cpu")
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise VaelabError(f"{path} is not a vaelab checkpoint or is corrupt ({type(err).__name__}: {err})") from err
+    read_checkpoint(path)  # a missing, truncated or foreign file: one line
+    return VAEModule.load_from_checkpoint(path, map_location="cpu")
 
 
 def datamodule_for(model: VAEModule, cfg: DictConfig, **overrides):
@@ -126,6 +123,7 @@ def sample_grids(model: VAEModule, cfg: DictConfig, datamodule) -> dict[str, tup
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    startup.check(cfg, "eval")
     pin_run_dir()
     L.seed_everything(cfg.seed, workers=True)
     model = load_checkpoint(cfg.ckpt_path)

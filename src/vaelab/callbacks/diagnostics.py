@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
+import torch
 
 from vaelab.callbacks import tensorboard_writer
+
+log = logging.getLogger("vaelab")
 
 
 class LatentDiagnostics(L.Callback):
@@ -17,7 +22,11 @@ class LatentDiagnostics(L.Callback):
         kl = pl_module.kl_per_dim.get("val")
         if writer is None or kl is None or not trainer.is_global_zero or trainer.sanity_checking:
             return
-        writer.add_histogram("latent/kl_per_dim", kl, global_step=trainer.current_epoch)
+        finite = kl[torch.isfinite(kl)]
+        try:  # (TensorBoard refuses empty inputs, and equal values too large to bin, e.g. 1e33)
+            writer.add_histogram("latent/kl_per_dim", finite, global_step=trainer.current_epoch)
+        except ValueError as err:
+            log.warning("latent/kl_per_dim histogram skipped at epoch %d: %s", trainer.current_epoch, err)
         writer.add_figure("latent/kl_per_dim_bars", bar_chart(kl), global_step=trainer.current_epoch)
 
 

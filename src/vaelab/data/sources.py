@@ -4,6 +4,7 @@ Each source returns uint8 images [N, C, H, W] and int64 labels [N] for the
 official train and test sets. Nothing is ever written into a mirror; what needs
 caching (the decoded CIFAR-10 JPEG copy) goes into ``data.root``, written
 atomically (``vaelab.files.atomic_file``), so no half-written file remains.
+Every file read is checked against its published checksum (``checksums.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab.data.idx import read_idx
+from vaelab.data.checksums import CIFAR10_JPEG_MD5, IDX_MD5, Checksums, cifar10_batches_md5
+from vaelab.data.idx import idx_bytes, parse_idx
 from vaelab.errors import ConfigError, DataError
 from vaelab.files import atomic_file
 
@@ -69,12 +71,15 @@ class IDXSource:
     def _complete(self, folder: Path) -> bool:
         return all(self._find(folder, f) for pair in self.FILES.values() for f in pair)
 
-    def _read(self, folder: Path) -> Dataset:
+    def _read(self, folder: Path, checksums: Checksums) -> Dataset:
         log.info("reading %s from %s", self.name, folder)
-        splits = {}
-        for split, (img, lab) in self.FILES.items():
-            splits[split] = _split(read_idx(self._find(folder, img)), read_idx(self._find(folder, lab)), self.name)
-        return Dataset(**splits)
+        arrays = {}
+        for stem in (f for pair in self.FILES.values() for f in pair):
+            path = self._find(folder, stem)
+            content = idx_bytes(path)
+            arrays[stem] = parse_idx(content, path)
+            checksums.verify(path, IDX_MD5[self.name][stem], content)
+        return Dataset(**{split: _split(arrays[img], arrays[lab], self.name) for split, (img, lab) in self.FILES.items()})
 
     def prepared(self, root: Path) -> Path:
         return root / self.torchvision_name / "raw"
@@ -82,14 +87,14 @@ class IDXSource:
     def in_mirror(self, mirror: Path) -> list[Path]:
         return [mirror / sub for sub in self.mirror_subdirs]
 
-    def try_load(self, folder: Path) -> Dataset | None:
-        return self._read(folder) if self._complete(folder) else None
+    def try_load(self, folder: Path, checksums: Checksums) -> Dataset | None:
+        return self._read(folder, checksums) if self._complete(folder) else None
 
-    def download(self, root: Path) -> Dataset:
+    def download(self, root: Path, checksums: Checksums) -> Dataset:
         import torchvision.datasets as tvd
 
         getattr(tvd, self.torchvision_name)(str(root), train=True, download=True)
-        return self._read(self.prepared(root))
+        return self._read(self.prepared(root), checksums)
 
 
 class CIFAR10Source:
@@ -111,21 +116,27 @@ class CIFAR10Source:
     def in_mirror(self, mirror: Path) -> list[Path]:
         return [mirror]
 
-    def try_load(self, folder: Path) -> Dataset | None:
+    def try_load(self, folder: Path, checksums: Checksums) -> Dataset | None:
         if (folder / "cifar-10-batches-py").is_dir():
-            return self._torchvision(folder, download=False)
-        if (folder / self.CACHE).is_file():
+            return self._torchvision(folder, download=False, checksums=checksums)
+        if (folder / self.CACHE).is_file():  # (decoded by vaelab from a verified archive)
             return self._read_cache(folder / self.CACHE)
         if (folder / self.ARCHIVE).is_file():
+            checksums.verify(folder / self.ARCHIVE, CIFAR10_JPEG_MD5)
             return self._read_cache(self._decode_archive(folder / self.ARCHIVE))
         return None
 
-    def download(self, root: Path) -> Dataset:
-        return self._torchvision(root, download=True)
+    def download(self, root: Path, checksums: Checksums) -> Dataset:
+        return self._torchvision(root, download=True, checksums=checksums)
 
-    def _torchvision(self, folder: Path, download: bool) -> Dataset:
+    def _torchvision(self, folder: Path, download: bool, checksums: Checksums) -> Dataset:
         import torchvision.datasets as tvd
 
+        if not download:
+            for name, md5 in cifar10_batches_md5().items():
+                batch = folder / "cifar-10-batches-py" / name
+                if batch.is_file():  # (a missing one is torchvision's error below)
+                    checksums.verify(batch, md5)
         splits = {}
         for split in ("train", "test"):
             try:
@@ -182,17 +193,20 @@ def make_source(name: str, root: Path):
     raise ConfigError(f"unknown data.name {name!r}: choose one of mnist, fashion_mnist, cifar10")
 
 
-def load_dataset(name: str, root: str | Path, mirrors: Sequence[str | None] = (), download: bool = True) -> Dataset:
-    """Load a dataset from the first place that has it: root, then each mirror, then a download into root."""
+def load_dataset(name: str, root: str | Path, mirrors: Sequence[str | None] = (), download: bool = True,
+                 verify: bool = True) -> Dataset:
+    """Load a dataset from the first place that has it: root, then each mirror, then a download into root.
+    With ``verify`` each file is checked against its published checksum (once per file version)."""
     root = Path(root).expanduser().resolve()
     source = make_source(name, root)
+    checksums = Checksums(root, enabled=verify)
     looked: list[str] = []
     candidates = [("data.root", source.prepared(root))]
     for mirror in mirrors:
         if mirror:
             candidates += [("mirror", folder) for folder in source.in_mirror(Path(mirror).expanduser())]
     for label, folder in candidates:
-        dataset = source.try_load(folder)
+        dataset = source.try_load(folder, checksums)
         if dataset is not None:
             return dataset
         looked.append(f"{label} {folder}")
@@ -200,7 +214,7 @@ def load_dataset(name: str, root: str | Path, mirrors: Sequence[str | None] = ()
         looked.append("no mirror (data.mirror / VAELAB_DATA_MIRROR unset)")
     if download:
         try:
-            return source.download(root)
+            return source.download(root, checksums)
         except Exception as err:  # no network, server down, checksum mismatch
             looked.append(f"torchvision download into {root} failed ({type(err).__name__}: {err})".replace("\n", " "))
     else:
