@@ -141,24 +141,28 @@ class OptimizerOverrides(L.Callback):
     """Applies changed ``optimizer.*`` settings to the optimizer restored from the checkpoint,
     which would otherwise keep the checkpoint's values. A new ``lr`` multiplies the current
     learning rate (and the schedulers' base rates) by new / old, so a schedule in progress goes
-    on from where it was, scaled; other settings are set as given."""
+    on from where it was, scaled (from an old rate of 0 it is set as given); other settings are
+    set as given."""
 
     def __init__(self, changes: dict[str, tuple]):
         self.changes = {key.removeprefix("optimizer."): pair for key, pair in changes.items()}
+        old, new = self.changes.get("lr", (ABSENT, None))
+        # (from a rate of 0, or one the old config did not give, there is nothing to scale: set it)
+        self.lr_ratio = new / old if isinstance(old, (int, float)) and old > 0 else None
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         for optimizer in trainer.optimizers:
-            for name, (old, new) in self.changes.items():
+            for name, (_, new) in self.changes.items():
                 for group in optimizer.param_groups:
-                    if name == "lr" and old is not ABSENT:
+                    if name == "lr" and self.lr_ratio is not None:
                         for key in ("lr", "initial_lr"):
                             if key in group:
-                                group[key] *= new / old
+                                group[key] *= self.lr_ratio
                     else:
                         group[name] = new
-        old, new = self.changes.get("lr", (ABSENT, None))
-        if old is not ABSENT:
+        if self.lr_ratio is not None:
             for config in trainer.lr_scheduler_configs:
                 if hasattr(config.scheduler, "base_lrs"):
-                    config.scheduler.base_lrs = [lr * new / old for lr in config.scheduler.base_lrs]
-        log.info("applied to the restored optimizer: %s", _describe({f"optimizer.{k}": v for k, v in self.changes.items()}))
+                    config.scheduler.base_lrs = [lr * self.lr_ratio for lr in config.scheduler.base_lrs]
+        applied = {f"optimizer.{key}": pair for key, pair in self.changes.items()}
+        log.info("applied to the restored optimizer: %s", _describe(applied))

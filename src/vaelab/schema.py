@@ -38,9 +38,8 @@ class Rule:
     null: bool = False
 
     def range_text(self) -> str:
-        parts = [f">= {self.min:g}" if self.min is not None else "", f"> {self.above:g}" if self.above is not None else "",
-                 f"<= {self.max:g}" if self.max is not None else "", f"< {self.below:g}" if self.below is not None else ""]
-        return " and ".join(p for p in parts if p)
+        bounds = ((">=", self.min), (">", self.above), ("<=", self.max), ("<", self.below))
+        return " and ".join(f"{op} {_yaml(bound)}" for op, bound in bounds if bound is not None)
 
     def describe(self) -> str:
         text = {
@@ -195,7 +194,7 @@ TRAIN: dict[str, Rule] = {
     "kl_schedule.c_max": Number(min=0),
     "kl_schedule.anneal_steps": Int(min=1),
     "kl_schedule.gamma": Number(min=0),
-    "optimizer.lr": Number(above=0),
+    "optimizer.lr": Number(min=0),
     "optimizer.weight_decay": Number(min=0),
     "optimizer.fused": Bool(null=True),
     "scheduler.scheduler.T_max": Int(min=1),
