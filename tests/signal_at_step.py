@@ -18,3 +18,16 @@ class SignalAtStep(L.Callback):
         if trainer.global_step >= self.step and not self.sent:
             self.sent = True
             os.kill(os.getpid(), self.signum)
+
+
+class SignalInValidation(L.Callback):
+    """Sends the signal in the middle of the first validation after training started."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        self.signum = int(signum)
+        self.sent = False
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)

@@ -15,7 +15,8 @@ from conftest import DATA_ROOT, MIRROR, TEST_PATH, read_metrics, run_cli
 from vaelab.errors import VaelabError
 from vaelab.run_folder import LOCK, claim, holds_results
 
-HOLD = "import sys, time; from vaelab.run_folder import claim; claim(sys.argv[1]); print('claimed', flush=True); time.sleep(60)"
+HOLD = ("import sys, time; from vaelab.run_folder import claim; claim(sys.argv[1]); print('claimed', flush=True); "
+        "time.sleep(60)")
 
 
 def hold(folder: Path) -> subprocess.Popen:
@@ -31,7 +32,7 @@ def test_a_live_owner_is_named_and_a_killed_one_leaves_no_stuck_lock(tmp_path):
     outlives its process (the claim after SIGKILL fails)."""
     owner = hold(tmp_path)
     try:
-        with pytest.raises(VaelabError, match=rf"{tmp_path} is in use by a running vaelab process \(pid {owner.pid} on "):
+        with pytest.raises(VaelabError, match=rf"{tmp_path} is in use by a running vaelab process \(pid {owner.pid} "):
             claim(tmp_path)
     finally:
         owner.send_signal(signal.SIGKILL)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import DATA_ROOT, MIRROR, compose_config, read_metrics
 from lightning.pytorch.trainer.connectors import signal_connector
-from signal_at_step import SignalAtStep
+from signal_at_step import SignalAtStep, SignalInValidation
 
 from vaelab.train import train
 
@@ -56,6 +56,20 @@ def test_sigterm_then_ctrl_c_stop_at_their_step_and_the_resumed_run_ends_as_the_
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the run
     train(compose_config(tmp_path / "c", [*FAST, f"ckpt_path={last['b']}"]))
     assert stable(read_metrics(tmp_path / "c" / "run")) == uninterrupted
+
+
+def test_a_signal_during_validation_waits_for_its_end_and_the_resume_ends_as_the_uninterrupted_run(
+        tmp_path, uninterrupted, capsys):
+    """SIGTERM after the first validation batch of epoch 0: the validation finishes, then the run
+    stops with the state after it: epoch 0 done (step 6; Lightning's epoch counter reads 1). Catches
+    a checkpoint of a half-validated epoch, whose resume would lose the validation's sums."""
+    with pytest.raises(SystemExit) as stop:
+        train(compose_config(tmp_path / "a", FAST), extra_callbacks=[SignalInValidation()])
+    assert stop.value.code == 143
+    last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    assert f"vaelab: stopped by SIGTERM at step 6 (epoch 1); saved {last}" in capsys.readouterr().err
+    train(compose_config(tmp_path / "b", [*FAST, f"ckpt_path={last}"]))
+    assert stable(read_metrics(tmp_path / "b" / "run")) == uninterrupted
 
 
 def test_slurm_requeue_signal_saves_requeues_and_the_requeued_job_resumes_by_itself(

@@ -66,7 +66,7 @@ def test_gpu_without_a_gpu_says_how_to_run_on_the_cpu(tmp_path, monkeypatch):
 
 
 def test_a_scheduler_watching_validation_needs_a_validation_split(tmp_path):
-    with pytest.raises(ConfigError, match=r"the scheduler watches val/nelbo, but data.val_size=0 leaves no validation split"):
+    with pytest.raises(ConfigError, match=r"the scheduler watches val/nelbo, but data.val_size=0 leaves no validation"):
         startup.check(compose_config(tmp_path, ["scheduler=plateau", "data.val_size=0"]), "train")
     startup.check(compose_config(tmp_path, ["scheduler=cosine", "data.val_size=0"]), "train")
 

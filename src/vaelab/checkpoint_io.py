@@ -65,8 +65,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
             raise TrainingStopped(
                 f"the training state at step {checkpoint.get('global_step')} holds NaN or infinite values ({names}); "
-                f"training stopped without writing {path}. Last good checkpoint: {self.describe_last_good()}. Try a lower "
-                "optimizer.lr, trainer.gradient_clip_val=1.0, or trainer.precision=32-true"
+                f"training stopped without writing {path}. Last good checkpoint: {self.describe_last_good()}. "
+                "Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, or trainer.precision=32-true"
             )
         with atomic_file(path) as f:
             torch.save(checkpoint, f)
@@ -79,7 +79,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def last_good_checkpoint(trainer) -> str:
     """The newest checkpoint this run's AtomicCheckpointIO verified and wrote, for error messages."""
     io = getattr(trainer.strategy, "checkpoint_io", None)
-    return io.describe_last_good() if isinstance(io, AtomicCheckpointIO) else "unknown (trainer.plugins has no AtomicCheckpointIO)"
+    if isinstance(io, AtomicCheckpointIO):
+        return io.describe_last_good()
+    return "unknown (trainer.plugins has no AtomicCheckpointIO)"
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from vaelab.errors import ConfigError, DiskFullError, VaelabError, instantiate
@@ -37,8 +39,8 @@ def accepted_groups(config_name: str) -> str:
     defaults = OmegaConf.to_container(source.load_config(config_name).config).get("defaults", []) if source else []
     groups = sorted({next(iter(entry)).split()[-1].lstrip("/") for entry in defaults if isinstance(entry, dict)}
                     - {"hydra"})
-    return "\n".join(f"{group}: {', '.join(sorted(o for o in loader.get_group_options(group) if not o.startswith('_')))}"
-                     for group in groups)
+    options = {group: sorted(o for o in loader.get_group_options(group) if not o.startswith("_")) for group in groups}
+    return "\n".join(f"{group}: {', '.join(choices)}" for group, choices in options.items())
 
 
 OmegaConf.register_new_resolver("vaelab_config_groups", accepted_groups, replace=True)
@@ -99,12 +101,16 @@ def user_error(err: Exception) -> VaelabError | None:
 def task_wrapper(task: Callable[[DictConfig], dict | None]) -> Callable[[DictConfig], dict | None]:
     """Run a task; a user error (bad config, missing data, a full disk) becomes one line on stderr
     and exit status 2, and ``failed.json`` in the run folder. In a multirun a failing job is
-    logged, marked with ``failed.json``, and the sweep goes on with the next job."""
+    logged, marked with ``failed.json``, and the sweep goes on with the next job. A run stopped by
+    SIGTERM exits with status 143 (or the callbacks' ``StopOnSignal`` status), never 0."""
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig):
         try:
             return task(cfg)
+        except SIGTERMException as stop:  # (Lightning's carries no status: the process would exit 0, "success")
+            stop.code = stop.code or 128 + signal.SIGTERM
+            raise
         except Exception as err:
             shown = user_error(err)
             _record_failure(shown or err)

@@ -79,7 +79,8 @@ def claim(folder: str | Path, ckpt_path: str | None = None) -> int:
     owner = read_owner(folder)
     if holds_results(folder) and not is_resume_of(folder, ckpt_path, owner):
         os.close(fd)
-        state = "a finished run (metrics.json)" if (folder / "metrics.json").is_file() else "the results of an earlier run"
+        finished = (folder / "metrics.json").is_file()
+        state = "a finished run (metrics.json)" if finished else "the results of an earlier run"
         raise VaelabError(f"{folder} holds {state}: choose another folder (hydra.run.dir=...), or resume that run "
                           f"with ckpt_path={folder}/checkpoints/last.ckpt")
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),

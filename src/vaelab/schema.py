@@ -63,7 +63,7 @@ class Rule:
         if self.kind == "str":
             return isinstance(value, str) and (self.pattern is None or re.fullmatch(self.pattern, value) is not None)
         if self.kind == "int_list":
-            return isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            return isinstance(value, (list, tuple)) and all(Rule("int").has_kind(v) for v in value)
         return any(value == c and type(value) is type(c) for c in self.choices)
 
     def in_range(self, value) -> bool:
@@ -113,7 +113,8 @@ def IntList() -> Rule:  # noqa: N802
 
 
 DURATION = Rule("str", pattern=r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", pattern_help="a duration DD:HH:MM:SS", null=True)
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true", 32, 16, 64, "32", "16", "64", "bf16")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true",
+              32, 16, 64, "32", "16", "64", "bf16")
 
 TRAINER = {
     "trainer.accelerator": Choice("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -34,8 +35,6 @@ def check(cfg: DictConfig, command: str) -> None:
 
 def check_accelerator(cfg: DictConfig) -> None:
     """``trainer=gpu`` on a machine without a usable GPU, or more GPUs than it has."""
-    import torch
-
     accelerator = OmegaConf.select(cfg, "trainer.accelerator")
     if accelerator not in ("gpu", "cuda"):
         return

@@ -97,7 +97,8 @@ class DivergenceGuard(L.Callback):
     def _check_model(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.global_step != self._checked_step:
             self._checked_step = trainer.global_step
-            self._check(trainer, self.examples_nelbo(trainer, pl_module), "the negative ELBO of fixed validation images")
+            value = self.examples_nelbo(trainer, pl_module)
+            self._check(trainer, value, "the negative ELBO of fixed validation images")
 
     # --- hooks -------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:

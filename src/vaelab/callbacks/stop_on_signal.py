@@ -91,8 +91,9 @@ class StopOnSignal(L.Callback):
         name = signal.Signals(signum).name
         if trainer.state.fn != "fit":
             if trainer.is_global_zero:
-                print(f"vaelab: stopped by {name} during the {trainer.state.fn}; training had finished, its checkpoints "
-                      "are complete: run the test with python -m vaelab.eval ckpt_path=<run>/checkpoints/best.ckpt",
+                print(f"vaelab: stopped by {name} during the {trainer.state.fn}; training had finished, its "
+                      "checkpoints are complete: run the test with python -m vaelab.eval "
+                      "ckpt_path=<run>/checkpoints/best.ckpt",
                       file=sys.stderr)
             return
         where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"

@@ -79,7 +79,8 @@ class IDXSource:
             content = idx_bytes(path)
             arrays[stem] = parse_idx(content, path)
             checksums.verify(path, IDX_MD5[self.name][stem], content)
-        return Dataset(**{split: _split(arrays[img], arrays[lab], self.name) for split, (img, lab) in self.FILES.items()})
+        return Dataset(**{split: _split(arrays[images], arrays[labels], self.name)
+                          for split, (images, labels) in self.FILES.items()})
 
     def prepared(self, root: Path) -> Path:
         return root / self.torchvision_name / "raw"
