@@ -82,8 +82,10 @@ def test_two_trainings_into_one_folder_the_second_is_refused_and_changes_nothing
             "trainer.accelerator=cpu", "logger=csv", f"hydra.run.dir={folder}"]
     env = {**os.environ, "VAELAB_ROOT": str(tmp_path), "VAELAB_DATA_MIRROR": MIRROR, "PYTHONPATH": TEST_PATH}
     slow = ["+callbacks.slow._target_=sleep_each_step.SleepEachStep", "+callbacks.slow.seconds=1.5"]  # A: 15 s of steps
-    first = subprocess.Popen([sys.executable, "-m", "vaelab.train", *args, *slow], cwd=tmp_path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "first.txt"
+    with log.open("w") as out:
+        first = subprocess.Popen([sys.executable, "-m", "vaelab.train", *args, *slow], cwd=tmp_path, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=out)
     deadline = time.monotonic() + 300
     while not (folder / "run_info.json").exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -94,7 +96,7 @@ def test_two_trainings_into_one_folder_the_second_is_refused_and_changes_nothing
         f"vaelab: error: {folder} is in use by a running vaelab process (pid {first.pid} on "
         f"{os.uname().nodename}, started {json.loads((folder / LOCK).read_text())['started']}): wait for it to end "
         "or choose another folder (hydra.run.dir=... / hydra.sweep.dir=...)")
-    assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    assert first.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert "seed: 42" in (folder / ".hydra" / "config.yaml").read_text()
     assert "seed=7" not in (folder / ".hydra" / "overrides.yaml").read_text()
     assert read_metrics(folder)["seed"] == 42

@@ -107,18 +107,21 @@ def test_an_external_sigterm_stops_a_cli_run_within_seconds_with_a_checkpoint_at
     args = [*FAST, "trainer.limit_train_batches=100000", "trainer.max_epochs=1", "logger=none",
             "callbacks.step_checkpoint.every_n_train_steps=20", f"hydra.run.dir={run}"]
     env = {**os.environ, "VAELAB_ROOT": str(tmp_path), "VAELAB_DATA_MIRROR": MIRROR}
-    proc = subprocess.Popen([sys.executable, "-m", "vaelab.train", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "stderr.txt"  # (a file: a pipe nobody reads while the run goes on could fill and block it)
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vaelab.train", *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=out)
     periodic = run / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not periodic.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert proc.poll() is None, log.read_text()[-3000:]
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-3000:]
+    proc.wait(timeout=120)
     assert time.monotonic() - sent < 20
+    err = log.read_text()
+    assert proc.returncode == 143, err[-3000:]
     (line,) = [line for line in err.splitlines() if line.startswith("vaelab: stopped by SIGTERM")]
     step = int(re.search(r"at step (\d+) ", line).group(1))
     assert step > 20 and torch.load(periodic, weights_only=False)["global_step"] == step
