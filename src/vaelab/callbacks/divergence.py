@@ -6,7 +6,6 @@ stays finite, the run ends with exit status 0, and every picture and metric afte
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
 from collections import deque
@@ -16,8 +15,6 @@ import torch
 
 from vaelab.checkpoint_io import last_good_checkpoint
 from vaelab.errors import TrainingStopped
-
-log = logging.getLogger("vaelab")
 
 
 class DivergenceGuard(L.Callback):
