@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 MIRROR = os.environ.get("VAELAB_DATA_MIRROR") or str(REPO.parent / "shared" / "data")
 DATA_ROOT = REPO / "data"
 DATA_OVERRIDES = [f"data.mirror={MIRROR}", f"data.root={DATA_ROOT}"]
+# PYTHONPATH for CLI runs that load test-only callbacks: the tests, and this checkout's vaelab
+TEST_PATH = os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])
 
 
 def compose_config(tmp_path: Path, overrides=(), config_name: str = "train") -> DictConfig:

@@ -57,7 +57,7 @@ def test_load_takes_a_run_folder_and_refuses_what_is_not_a_checkpoint(tmp_path):
     with pytest.raises(VaelabError, match="checkpoint not found"):
         vaelab.load(tmp_path / "missing.ckpt")
     (tmp_path / "truncated.ckpt").write_bytes(OLD.read_bytes()[:1000])
-    with pytest.raises(VaelabError, match="truncated.ckpt is corrupt or not a checkpoint"):
+    with pytest.raises(VaelabError, match="truncated.ckpt is not a checkpoint, or is truncated or corrupt"):
         vaelab.load(tmp_path / "truncated.ckpt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.ckpt")
     with pytest.raises(VaelabError, match="foreign.ckpt is not a vaelab checkpoint"):

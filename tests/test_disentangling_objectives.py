@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from vaelab.latents import LatentSample
-from vaelab.objectives import DIPVAE, FactorVAE, TCDiscriminator, covariance, dip_regularizer, permute_dims
+from vaelab.objectives import (
+    DIPVAE,
+    FactorVAE,
+    TCDiscriminator,
+    covariance,
+    dip_regularizer,
+    permute_dims,
+)
 from vaelab.posteriors import DiagonalGaussian
 
 

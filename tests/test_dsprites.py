@@ -10,7 +10,13 @@ from conftest import DATA_ROOT, MIRROR, compose_config
 from vaelab.data import dsprites
 from vaelab.data.datamodule import ImageDataModule
 from vaelab.data.device_loader import DeviceBatches
-from vaelab.data.dsprites import CACHE_FILE, DEEPMIND_FILE, FACTOR_SIZES, FACTOR_VALUES, SHAPES
+from vaelab.data.dsprites import (
+    CACHE_FILE,
+    DEEPMIND_FILE,
+    FACTOR_SIZES,
+    FACTOR_VALUES,
+    SHAPES,
+)
 from vaelab.data.packed import PackedImages
 from vaelab.data.sources import load_dataset
 from vaelab.errors import ConfigError, DataError

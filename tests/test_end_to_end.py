@@ -9,7 +9,15 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import DATA_ROOT, REPO, compose_config, read_metrics, run_cli, run_folders
+from conftest import (
+    DATA_ROOT,
+    REPO,
+    TEST_PATH,
+    compose_config,
+    read_metrics,
+    run_cli,
+    run_folders,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vaelab.module import NonFiniteLossError
@@ -60,7 +68,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
             "data.binarize=dynamic", "callbacks.step_checkpoint.every_n_train_steps=2"]
     def cli(name, *extra):
         return run_cli("vaelab.train", [*args, f"hydra.run.dir={tmp_path / name}", *extra], tmp_path,
-                       PYTHONPATH=str(REPO / "tests"))
+                       PYTHONPATH=TEST_PATH)
     assert cli("full").returncode == 0
     killed = cli("killed", "+callbacks.kill._target_=kill_at_step.KillAtStep", "+callbacks.kill.step=9")
     assert killed.returncode == -9 and not (tmp_path / "killed" / "metrics.json").exists()

@@ -9,7 +9,13 @@ import pytest
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-from vaelab import completion, disentanglement, domain_classifier, representation, sample_quality
+from vaelab import (
+    completion,
+    disentanglement,
+    domain_classifier,
+    representation,
+    sample_quality,
+)
 from vaelab.errors import instantiate
 from vaelab.summarize import main as summarize
 

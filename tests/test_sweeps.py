@@ -21,8 +21,9 @@ def sweep_folder(root):
 
 
 def test_a_sweep_with_a_failing_job_still_runs_and_summarizes_the_others(tmp_path):
+    """... and exits 1 (before: 0), so that scripts and CI see the failure."""
     result = run_cli("vaelab.train", ["-m", "objective.beta=1,-1,4", *FAST], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]
     sweep = sweep_folder(tmp_path)
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
     assert (sweep / "0" / "metrics.json").is_file() and (sweep / "2" / "metrics.json").is_file()
@@ -83,9 +84,21 @@ def test_a_joblib_sweep_runs_two_jobs_in_parallel_processes(tmp_path):
     assert len(pids) == 2 and os.getpid() not in pids
 
 
+def test_dataloader_workers_in_a_joblib_sweep_are_refused_in_one_line_per_job(tmp_path):
+    """Before: both jobs failed with "'Process' object has no attribute 'env'" and the sweep exited 0."""
+    result = run_cli("vaelab.train", ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "data.num_workers=2",
+                                      "data.on_device=false", "model.latent_dim=2,8", *FAST], tmp_path)
+    assert result.returncode == 1
+    sweep = sweep_folder(tmp_path)
+    for job in ("0", "1"):
+        error = json.loads((sweep / job / "failed.json").read_text())["error"]
+        assert error.startswith("data.num_workers=2 cannot start DataLoader workers inside a hydra/launcher=joblib job")
+    assert "0 of 2 jobs done" in result.stdout + result.stderr
+
+
 def test_ddp_inside_a_multirun_is_refused_with_the_supported_ways(tmp_path):
     result = run_cli("vaelab.train", ["-m", "trainer=ddp_sim", *FAST], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]
     failure = json.loads((sweep_folder(tmp_path) / "0" / "failed.json").read_text())
     assert failure["error"].startswith("multi-process training (trainer=ddp / ddp_sim) cannot run inside a Hydra multirun")
     assert "hydra/launcher=submitit_slurm" in failure["error"]

@@ -41,7 +41,7 @@ def _model_config_before_split(config: dict[str, Any]) -> dict[str, Any]:
 def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Bring a checkpoint of an earlier layout to the current one, in place; returns it."""
     config = checkpoint.get("hyper_parameters", {}).get("config")
-    if config is not None and "_target_" not in config["model"]:
+    if config is not None and isinstance(config.get("model"), dict) and "_target_" not in config["model"]:
         config["model"] = _model_config_before_split(config)
         for group in ("likelihood", "posterior", "prior"):
             config.pop(group, None)
@@ -53,30 +53,37 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return checkpoint
 
 
-def checkpoint_file(path: str | Path) -> Path:
-    """A ``.ckpt`` file, or a run folder's ``checkpoints/best.ckpt`` (else its ``last.ckpt``)."""
+def checkpoint_file(path: str | Path, key: str = "ckpt_path") -> Path:
+    """A ``.ckpt`` file, or a run folder's ``checkpoints/best.ckpt`` (else its ``last.ckpt``); ``key``
+    is the setting named in errors."""
     path = Path(path).expanduser()
     if path.is_dir():
         for name in ("best.ckpt", "last.ckpt"):
             if (path / "checkpoints" / name).is_file():
                 return path / "checkpoints" / name
-        raise VaelabError(f"{path} holds no checkpoints/best.ckpt or checkpoints/last.ckpt: pass a run folder or a .ckpt file")
+        raise VaelabError(f"{key}={path} holds no checkpoints/best.ckpt or checkpoints/last.ckpt: pass a run folder "
+                          "or a .ckpt file")
     if not path.is_file():
-        raise VaelabError(f"checkpoint not found: {path}; pass the path of a .ckpt file or of a run folder")
+        raise VaelabError(f"checkpoint not found: {key}={path}; pass the path of a .ckpt file from a run folder "
+                          "(e.g. outputs/train/runs/<time>/checkpoints/last.ckpt)")
     return path
 
 
-def read(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's contents in the current layout (on the CPU), or one clear error."""
-    path = checkpoint_file(path)
+def read(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
+    """The checkpoint's contents in the current layout (on the CPU, tensors memory-mapped, so reading is
+    cheap), or one line naming the setting ``key`` when the file is missing, truncated, or not a vaelab
+    checkpoint."""
+    path = checkpoint_file(path, key)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # unpickling errors, a truncated zip
-        raise VaelabError(f"{path} is corrupt or not a checkpoint ({type(err).__name__}: {err})") from err
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # a truncated zip, a foreign pickle, a text file: torch raises many kinds
+        reason = str(err).split(". ")[0].splitlines()[0][:120] if str(err) else ""
+        raise VaelabError(f"{key}={path} is not a checkpoint, or is truncated or corrupt ({type(err).__name__}: "
+                          f"{reason}): use another .ckpt file of the run (last.ckpt or best.ckpt)") from err
     config = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
-    if not isinstance(config, dict) or "model" not in config or "state_dict" not in checkpoint:
-        raise VaelabError(f"{path} is not a vaelab checkpoint (it holds no run config and weights): "
-                          "pass a checkpoint written by vaelab.train")
+    if not isinstance(config, dict) or "state_dict" not in checkpoint:
+        raise VaelabError(f"{key}={path} is not a vaelab checkpoint (it has no state_dict and saved config): "
+                          "pass a .ckpt file from a vaelab run folder")
     return upgrade(checkpoint)
 
 

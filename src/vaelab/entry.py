@@ -1,20 +1,30 @@
 """What every command-line entry point shares: building lists of callbacks and loggers from
-config, and the wrapper that turns user errors into one line and survives failures in a multirun."""
+config, the wrapper that turns user errors into one line (and ``failed.json``) and survives
+failures in a multirun, and the config-group listing of ``--help``."""
 
 from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, read_write
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, read_write
 
-from vaelab.errors import ConfigError, instantiate, user_error
-from vaelab.files import write_json_atomic
+from vaelab.errors import (
+    ConfigError,
+    DiskFullError,
+    VaelabError,
+    instantiate,
+    user_error,
+)
+from vaelab.files import no_space_error, write_json_atomic
 
 log = logging.getLogger("vaelab")
 
@@ -22,6 +32,24 @@ log = logging.getLogger("vaelab")
 def instantiate_each(group: DictConfig | None) -> list:
     """Instantiate every ``_target_`` entry of a config group such as ``callbacks`` or ``logger``."""
     return [instantiate(node) for node in (group or {}).values() if node and "_target_" in node]
+
+
+def accepted_groups(config_name: str) -> str:
+    """``--help``'s list of config groups: those in the command's primary config (its defaults
+    list: ``sampler`` for eval, not for train), with the options a user can choose (not the
+    building blocks whose names start with ``_``, such as ``data/_base``)."""
+    if not GlobalHydra.instance().is_initialized():
+        return ""
+    loader = GlobalHydra.instance().config_loader()
+    source = next((s for s in loader.get_sources() if s.is_config(config_name)), None)
+    defaults = OmegaConf.to_container(source.load_config(config_name).config).get("defaults", []) if source else []
+    groups = sorted({next(iter(entry)).split()[-1].lstrip("/") for entry in defaults if isinstance(entry, dict)}
+                    - {"hydra"})
+    options = {group: sorted(o for o in loader.get_group_options(group) if not o.startswith("_")) for group in groups}
+    return "\n".join(f"{group}: {', '.join(choices)}" for group, choices in options.items())
+
+
+OmegaConf.register_new_resolver("vaelab_config_groups", accepted_groups, replace=True)
 
 
 def _multirun() -> bool:
@@ -56,32 +84,53 @@ FAILURE_FILE = "failed.json"
 
 
 def _record_failure(err: BaseException) -> None:
-    """Leave ``failed.json`` in the job's folder, for the sweep report and ``vaelab.summarize``."""
-    write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / FAILURE_FILE,
-                      {"error": str(err).splitlines()[0] if str(err) else "", "type": type(err).__name__})
+    """Leave ``failed.json`` with the error in the run's folder (for the user, the sweep report and
+    ``vaelab.summarize``), when the folder can still be written."""
+    try:
+        write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / FAILURE_FILE,
+                          {"error": str(err).splitlines()[0] if str(err) else "", "type": type(err).__name__})
+    except (OSError, VaelabError, ValueError):  # a full disk, no Hydra run
+        pass
+
+
+def shown_error(err: Exception) -> VaelabError | None:
+    """The one-line error to show for ``err`` (a VaelabError, also behind Hydra's and OmegaConf's
+    wrappers, or a full disk), or None for a bug (shown with its traceback)."""
+    found = user_error(err)
+    if found is not None:
+        return found
+    no_space = no_space_error(err)
+    if no_space is not None:
+        return DiskFullError(f"no space left on device while writing {no_space.filename or 'a run file'}: "
+                             "free some space (or point paths.log_dir at a larger disk) and resume")
+    return None
 
 
 def task_wrapper(task: Callable[[DictConfig], dict | None]) -> Callable[[DictConfig], dict | None]:
-    """Run a task; a user error (bad config, missing data) becomes one line on stderr and exit
-    status 2. In a multirun a failing job is logged, marked with ``failed.json`` in its folder,
-    and the sweep goes on with the next job."""
+    """Run a task; a user error (bad config, missing data, a full disk) becomes one line on stderr
+    and exit status 2, and ``failed.json`` in the run folder. In a multirun a failing job is
+    logged, marked with ``failed.json``, and the sweep goes on with the next job. A run stopped by
+    SIGTERM exits with status 143 (or the callbacks' ``StopOnSignal`` status), never 0."""
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig):
         try:
             return task(cfg)
+        except SIGTERMException as stop:  # (Lightning's carries no status: the process would exit 0, "success")
+            stop.code = stop.code or 128 + signal.SIGTERM
+            raise
         except Exception as err:
-            user = user_error(err)
+            shown = shown_error(err)
+            _record_failure(shown or err)
             if _multirun():
-                if user is not None:
-                    log.error("job failed: %s", user)
+                if shown is not None:
+                    log.error("job failed: %s", shown)
                 else:
                     log.exception("job failed")
-                _record_failure(user or err)
                 return None
-            if user is None:
+            if shown is None:
                 raise
-            print(f"vaelab: error: {user}", file=sys.stderr)
+            print(f"vaelab: error: {shown}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapped

@@ -13,6 +13,15 @@ class DataError(VaelabError):
     """A dataset is missing, truncated or corrupt."""
 
 
+class TrainingStopped(VaelabError):
+    """Training diverged (a loss far above its running median, or non-finite parameters or
+    optimizer state) and was stopped before anything worse was saved."""
+
+
+class DiskFullError(VaelabError):
+    """A file could not be written for lack of space; the previous version of it is intact."""
+
+
 def check_integer(key: str, value, minimum: int = 1) -> None:
     """Stop with one line unless the setting ``key`` is an integer >= ``minimum``."""
     if int(value) != value or value < minimum:

@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid
 
-from vaelab import anomaly
+from vaelab import anomaly, startup
 from vaelab.callbacks.diagnostics import LatentDiagnostics
 from vaelab.checkpoints import load_module
 from vaelab.entry import log, pin_run_dir, task_wrapper
@@ -123,6 +123,7 @@ def save_picture(picture, path: Path, writer, tag: str) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    startup.check(cfg, "eval")
     pin_run_dir()
     L.seed_everything(cfg.seed, workers=True)
     tasks = checked_tasks(cfg.eval.tasks, "eval.tasks")

@@ -30,6 +30,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from vaelab.checkpoint_io import last_good_checkpoint
 from vaelab.errors import ConfigError, VaelabError, instantiate
 from vaelab.graph_step import (
     GraphedStep,
@@ -263,12 +264,10 @@ class VAEModule(L.LightningModule):
     def _check_finite(self) -> None:
         step, term = self.first_nonfinite.tolist()
         if step >= 0:
-            saved = [c.last_model_path for c in self.trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")]
-            last = saved[0] if saved else "none saved yet"
             raise NonFiniteLossError(
                 f"train/{('recon', 'kl')[term]} became NaN or infinite at step {step}; training stopped "
-                f"(last good checkpoint: {last}). Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, "
-                "or trainer.precision=32-true"
+                f"(last good checkpoint: {last_good_checkpoint(self.trainer)}). Try a lower optimizer.lr, "
+                "trainer.gradient_clip_val=1.0, or trainer.precision=32-true"
             )
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

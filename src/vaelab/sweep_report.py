@@ -1,4 +1,6 @@
-"""A Hydra callback that reports, at the end of a multirun, which jobs finished and which failed."""
+"""A Hydra callback that reports, at the end of a multirun, which jobs finished and which failed,
+and makes the sweep's exit status 1 when any did not finish (the other jobs still ran), so that
+scripts and CI see it."""
 
 from __future__ import annotations
 
@@ -27,3 +29,5 @@ class SweepReport(Callback):
         lines.append(f"table and plots: vaelab-summarize {sweep}")
         for line in lines:
             (log.error if bad and line.startswith("  ") else log.info)(line)
+        if bad:
+            raise SystemExit(1)  # (an Exception would only become a warning in Hydra's callback loop)

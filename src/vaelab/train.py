@@ -10,7 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab import run_info
+from vaelab import resume, run_info, startup
 from vaelab.callbacks.final_metrics import epoch_metrics
 from vaelab.entry import (
     instantiate_each,
@@ -29,20 +29,22 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     """Fit the model of ``cfg``, test its best checkpoint, return the final metrics.
 
     ``extra_callbacks`` join those of the config (for programmatic use, e.g. benchmarks)."""
+    startup.check(cfg, "train")
     pin_run_dir()
+    ckpt_path, resume_callbacks = resume.prepare(cfg)  # (before any data is loaded)
     run_info.write(cfg, cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = VAEModule.from_config(OmegaConf.to_container(cfg, resolve=True))
-    callbacks = [*instantiate_each(cfg.get("callbacks")), *extra_callbacks]
+    callbacks = [*instantiate_each(cfg.get("callbacks")), *extra_callbacks, *resume_callbacks]
     loggers = instantiate_each(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     refuse_ddp_in_multirun(trainer)
     model.check_trainer(trainer)
 
     log.info("training %s on %s", cfg.model.encoder._target_.rsplit(".", 1)[-1], cfg.data.name)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = epoch_metrics(trainer)
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -23,7 +23,8 @@ class ApplicationTasks(L.Callback):
     completion, representation, disentanglement) on the tested model, logs their metrics as test
     metrics (so they reach metrics.json and a sweep's summary) and draws their pictures in
     TensorBoard (``tasks/<name>``). ``disentanglement`` runs only on data with known factors
-    (``data=dsprites``, ``color_dsprites``) and is skipped elsewhere. The task settings are the
+    (``data=dsprites``, ``color_dsprites``) and is skipped elsewhere; a ``trainer.fast_dev_run``
+    (a check that a setup runs) skips them all, as it skips checkpoints and loggers. The task settings are the
     groups ``sample_quality/``, ``completion/``, ``representation/``, ``disentanglement/``,
     ``domain_classifier/`` and ``sampler/`` of the run's config."""
 
@@ -39,6 +40,9 @@ class ApplicationTasks(L.Callback):
         if "disentanglement" in tasks and getattr(datamodule, "factor_data", None) is None:
             tasks.discard("disentanglement")  # (no known factors in this data set)
         if not tasks or not trainer.is_global_zero:
+            return
+        if trainer.fast_dev_run:
+            log.info("fast_dev_run: eval.after_training (%s) skipped", ", ".join(sorted(tasks)))
             return
         log.info("measuring %s after training", ", ".join(t for t in APPLICATIONS if t in tasks))
         vae = pl_module.vae

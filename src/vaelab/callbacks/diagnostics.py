@@ -102,7 +102,8 @@ def bar_chart(kl):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(4, len(kl) * 0.25), 3))
-    ax.bar(range(len(kl)), kl.numpy())
+    # (a diverged model's non-finite values are left out rather than crash the plot)
+    ax.bar(range(len(kl)), torch.where(torch.isfinite(kl), kl, torch.nan).numpy())
     ax.axhline(0.01, color="grey", linewidth=0.5)
     ax.set_xlabel("latent dimension")
     ax.set_ylabel("KL (nats)")

@@ -78,6 +78,9 @@ class ImageDataModule(L.LightningDataModule):
     is repeatable. ``exclude_classes`` removes those labels from the training and validation
     sets (the test set stays whole), e.g. to hold a digit out for anomaly detection.
 
+    ``verify`` checks each file against its published checksum (once per file version, see
+    ``checksums.py``); false skips it.
+
     ``on_device``: ``auto`` keeps the splits on the training device when they fit in a quarter
     of its free memory (always on the CPU, where they are in memory anyway), ``true`` always,
     ``false`` never (then ``num_workers`` and ``pin_memory`` apply). ``seed`` fixes the
@@ -99,7 +102,7 @@ class ImageDataModule(L.LightningDataModule):
     """
 
     def __init__(self, name: str, shape: Sequence[int], root: str, mirror: str | None = None,
-                 extra_mirrors: Sequence[str] = (), download: bool = True, val_size: int = 5000,
+                 extra_mirrors: Sequence[str] = (), download: bool = True, verify: bool = True, val_size: int = 5000,
                  split_seed: int = 0, batch_size: int = 128, eval_batch_size: int | None = None,
                  num_workers: int = 0, pin_memory: bool = False, on_device: bool | str = "auto",
                  seed: int | None = 0, binarize: str = "none", binarize_seed: int = 0,
@@ -124,6 +127,7 @@ class ImageDataModule(L.LightningDataModule):
         self.root = root
         self.mirrors = [mirror, *extra_mirrors]
         self.download = download
+        self.verify = verify
         self.val_size = val_size
         self.split_seed = split_seed
         self.batch_size = batch_size
@@ -159,7 +163,7 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
-        data = self._with_test_split(load_dataset(self.name, self.root, self.mirrors, self.download,
+        data = self._with_test_split(load_dataset(self.name, self.root, self.mirrors, self.download, self.verify,
                                                   **self.user_settings))
         if isinstance(data.train.images, PackedImages) and self.binarize != "none":
             raise ConfigError(f"{self.name} is binary already: use data.binarize=none")

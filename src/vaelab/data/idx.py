@@ -19,11 +19,21 @@ from vaelab.errors import DataError
 
 def read_idx(path: str | Path) -> np.ndarray:
     """Return the array stored in an IDX file (``.gz`` or uncompressed) as uint8."""
+    return parse_idx(idx_bytes(path), path)
+
+
+def idx_bytes(path: str | Path) -> bytes:
+    """The IDX content of a file, decompressed when it is ``.gz``."""
     path = Path(path)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path} is corrupt or truncated ({err}): delete it and prepare the data again") from err
+
+
+def parse_idx(raw: bytes, path: str | Path) -> np.ndarray:
+    """The uint8 array of IDX content ``raw`` (read from ``path``, named in errors)."""
+    path = Path(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path} is not an IDX file (bad magic number): delete it and prepare the data again")
     dtype_code, ndim = raw[2], raw[3]

@@ -8,6 +8,7 @@ official train and test sets (a dataset without an official test split, such as 
 all its images as ``train`` and ``test=None``). Nothing is ever written into a mirror; what needs
 caching (the decoded CIFAR-10 JPEG copy, the rendered dSprites) goes into ``data.root``, written
 atomically (``vaelab.files.atomic_file``), so no half-written file remains.
+Every file read is checked against its published checksum (``checksums.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaelab.data.checksums import (
+    CIFAR10_JPEG_MD5,
+    IDX_MD5,
+    Checksums,
+    cifar10_batches_md5,
+)
 from vaelab.data.factors import FactorData
-from vaelab.data.idx import read_idx
+from vaelab.data.idx import idx_bytes, parse_idx
 from vaelab.errors import ConfigError, DataError
 from vaelab.files import atomic_file
 
@@ -71,10 +78,11 @@ class IDXSource:
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
     }
 
-    def __init__(self, name: str, torchvision_name: str, mirror_subdirs: Sequence[str]):
+    def __init__(self, name: str, torchvision_name: str, mirror_subdirs: Sequence[str], checksums: Checksums):
         self.name = name
         self.torchvision_name = torchvision_name
         self.mirror_subdirs = mirror_subdirs
+        self.checksums = checksums
 
     def _find(self, folder: Path, stem: str) -> Path | None:
         for candidate in (folder / stem, folder / f"{stem}.gz"):
@@ -87,10 +95,14 @@ class IDXSource:
 
     def _read(self, folder: Path) -> Dataset:
         log.info("reading %s from %s", self.name, folder)
-        splits = {}
-        for split, (img, lab) in self.FILES.items():
-            splits[split] = _split(read_idx(self._find(folder, img)), read_idx(self._find(folder, lab)), self.name)
-        return Dataset(**splits)
+        arrays = {}
+        for stem in (f for pair in self.FILES.values() for f in pair):
+            path = self._find(folder, stem)
+            content = idx_bytes(path)
+            arrays[stem] = parse_idx(content, path)
+            self.checksums.verify(path, IDX_MD5[self.name][stem], content)
+        return Dataset(**{split: _split(arrays[images], arrays[labels], self.name)
+                          for split, (images, labels) in self.FILES.items()})
 
     def prepared(self, root: Path) -> Path:
         return root / self.torchvision_name / "raw"
@@ -119,8 +131,9 @@ class CIFAR10Source:
     ARCHIVE = "CIFAR10-JPEG/cifar10-jpeg.tar.gz"
     CACHE = "CIFAR10-JPEG/cifar10-jpeg.npz"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, checksums: Checksums):
         self.root = root
+        self.checksums = checksums
 
     def prepared(self, root: Path) -> Path:
         return root
@@ -131,9 +144,10 @@ class CIFAR10Source:
     def try_load(self, folder: Path) -> Dataset | None:
         if (folder / "cifar-10-batches-py").is_dir():
             return self._torchvision(folder, download=False)
-        if (folder / self.CACHE).is_file():
+        if (folder / self.CACHE).is_file():  # (decoded by vaelab from a verified archive)
             return self._read_cache(folder / self.CACHE)
         if (folder / self.ARCHIVE).is_file():
+            self.checksums.verify(folder / self.ARCHIVE, CIFAR10_JPEG_MD5)
             return self._read_cache(self._decode_archive(folder / self.ARCHIVE))
         return None
 
@@ -143,6 +157,11 @@ class CIFAR10Source:
     def _torchvision(self, folder: Path, download: bool) -> Dataset:
         import torchvision.datasets as tvd
 
+        if not download:
+            for name, md5 in cifar10_batches_md5().items():
+                batch = folder / "cifar-10-batches-py" / name
+                if batch.is_file():  # (a missing one is torchvision's error below)
+                    self.checksums.verify(batch, md5)
         splits = {}
         for split in ("train", "test"):
             try:
@@ -190,33 +209,41 @@ class CIFAR10Source:
 
 
 def make_source(name: str, root: Path, path: str | None = None, channels: int | None = None,
-                image_size: int | None = None):
+                image_size: int | None = None, verify: bool = True):
     """The source of dataset ``name``; ``path``, ``channels`` and ``image_size`` are the settings of a
-    user's own images (``folder``, ``array``)."""
+    user's own images (``folder``, ``array``); with ``verify`` the published datasets' files are
+    checked against their checksums (once per file version, cached under ``root``)."""
+    checksums = Checksums(root, enabled=verify)
     if name in ("folder", "array"):
-        from vaelab.data.user_data import user_source  # it builds on this module's Split and Dataset
+        from vaelab.data.user_data import (
+            user_source,  # it builds on this module's Split and Dataset
+        )
 
         return user_source(name, path, root, channels, image_size)
     if name == "mnist":
-        return IDXSource("MNIST", "MNIST", ["MNIST/raw", "MNIST"])
+        return IDXSource("MNIST", "MNIST", ["MNIST/raw", "MNIST"], checksums)
     if name == "fashion_mnist":
-        return IDXSource("Fashion-MNIST", "FashionMNIST", ["FashionMNIST/raw", "FashionMNIST", "fashion-mnist", "."])
+        return IDXSource("Fashion-MNIST", "FashionMNIST", ["FashionMNIST/raw", "FashionMNIST", "fashion-mnist", "."],
+                         checksums)
     if name == "cifar10":
-        return CIFAR10Source(root)
+        return CIFAR10Source(root, checksums)
     if name in ("dsprites", "color_dsprites"):
-        from vaelab.data.dsprites import DSpritesSource  # it builds on this module's Split and Dataset
+        from vaelab.data.dsprites import (
+            DSpritesSource,  # it builds on this module's Split and Dataset
+        )
 
         return DSpritesSource(colour=name == "color_dsprites")
     raise ConfigError(f"unknown data.name {name!r}: choose one of {', '.join(DATASET_NAMES)}, folder, array")
 
 
 def load_dataset(name: str, root: str | Path, mirrors: Sequence[str | None] = (), download: bool = True,
-                 **user_settings) -> Dataset:
+                 verify: bool = True, **user_settings) -> Dataset:
     """Load a dataset from the first place that has it: root, then each mirror, then a download into
     root (a generated dataset is rendered into root instead, whatever ``download`` says); a user's
-    images from ``user_settings`` (``path``, ``channels``, ``image_size``; see ``make_source``)."""
+    images from ``user_settings`` (``path``, ``channels``, ``image_size``; see ``make_source``). With
+    ``verify`` each published file is checked against its checksum (once per file version)."""
     root = Path(root).expanduser().resolve()
-    source = make_source(name, root, **user_settings)
+    source = make_source(name, root, verify=verify, **user_settings)
     looked: list[str] = []
     candidates = [("data.root", source.prepared(root))]
     for mirror in mirrors:
