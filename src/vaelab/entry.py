@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,20 @@ from vaelab.errors import ConfigError, VaelabError, instantiate
 from vaelab.files import write_json_atomic
 
 log = logging.getLogger("vaelab")
+
+
+def quiet_library_noise() -> None:
+    """Silence what the libraries print that tells a vaelab user nothing, precisely: Lightning's
+    tip advertising its LitLogger, and the deprecation that torch raises inside Lightning's own
+    code (``lightning.pytorch.utilities._pytree`` building a ``LeafSpec``), which no setting of
+    vaelab's can avoid. Every other warning still shows."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_litlogger_tip)
+
+
+def _not_litlogger_tip(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip: For seamless cloud logging")
 
 
 def instantiate_each(group: DictConfig | None) -> list:
@@ -68,6 +83,7 @@ def task_wrapper(task: Callable[[DictConfig], dict | None]) -> Callable[[DictCon
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig):
+        quiet_library_noise()
         try:
             return task(cfg)
         except VaelabError as err:

@@ -56,6 +56,8 @@ def describe(name: str, facts: RunFacts = RunFacts()) -> str:
             described += " (one batch, logged every trainer.log_every_n_steps steps)"
     elif stage == "anomaly":
         described = _anomaly(term)
+    elif stage == "schedule":
+        described = _schedule(term)
     else:
         described = ""
     return described
@@ -92,6 +94,8 @@ def _training(term: str, facts: RunFacts) -> str:
         "loss": f"{NATS}; the minimized objective, epoch mean: recon + beta x the scheduled KL term (elbo), minus the "
                 "IWAE bound (iwae), recon + alpha MI + beta TC + gamma dimension-wise KL (beta_tc), the M2 bound plus "
                 "its classifier term (m2)",
+        "nelbo": f"{NATS}; train/recon + train/kl, the negative ELBO with beta = 1 of the training images, epoch "
+                 "mean (the curve to compare with val/nelbo; for M2 the labelled images' bound is on -log p(x, y))",
         "recon": f"{NATS}; -log p(x|z), epoch mean over the training samples.{note}",
         "kl": f"{NATS}; KL(q(z|x) || p(z)), epoch mean (closed form or one-sample Monte Carlo, as val/kl)",
         "kl_z1": f"{NATS}; the lower layer's KL (model=hierarchical)",
@@ -110,6 +114,17 @@ def _anomaly(term: str) -> str:
         return (f"area under the ROC curve telling the out-of-distribution images (positives) by their "
                 f"{term.removeprefix('auroc_')} score; 1 = perfect, 0.5 = chance")
     return {"inliers": "count; in-distribution test images scored", "outliers": "count; out-of-distribution images scored"}.get(term, "")
+
+
+def _schedule(term: str) -> str:
+    return {
+        "lr": "the learning rate of the optimizer's first parameter group at that step",
+        "beta": "objective.beta, the weight of the scheduled KL term in the loss (objective=elbo)",
+        "kl_weight": "w(t) in [0, 1], the KL schedule's weight at step t: loss = recon + beta w(t) KL "
+                     "(kl_schedule=linear_warmup, cyclical)",
+        "kl_capacity": "nats/image; C(t), the KL target of kl_schedule=capacity at step t: "
+                       "loss = recon + beta gamma |KL - C(t)|",
+    }.get(term, "")
 
 
 def about(names, facts: RunFacts) -> dict[str, str]:

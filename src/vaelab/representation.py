@@ -25,7 +25,7 @@ import torch
 from torchvision.utils import make_grid
 
 from vaelab.data.device_loader import DeviceBatches
-from vaelab.data.sources import CIFAR10_CLASSES
+from vaelab.data.sources import CLASS_NAMES
 from vaelab.errors import ConfigError, check_integer
 
 log = logging.getLogger("vaelab")
@@ -163,7 +163,7 @@ def evaluate(model, datamodule, *, knn_k: int = 5, projection: str = "pca", scat
         "repr/cluster_acc": cluster_acc,
         "repr/nmi": nmi,
     }
-    names = CIFAR10_CLASSES if datamodule.name == "cifar10" else None
+    names = CLASS_NAMES.get(datamodule.name)
     pictures: dict[str, object] = {"latent_space": latent_scatter(test_z, test_y, names, scatter_points, projection, seed)}
     if model.latent_dim == 2 and not model.conditional:
         pictures["latent_manifold"] = manifold_grid(model, manifold_steps)
