@@ -58,7 +58,9 @@ def read_metrics(run_folder: Path) -> dict:
 def tensorboard_events(folder: Path):
     """The summaries of a TensorBoard folder as TensorBoard reads them (scalars, images, hparams and
     layouts all as tensors by plugin: ``PluginTagToContent(plugin)``, ``Tensors(tag)``, ``SummaryMetadata(tag)``)."""
-    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.plugin_event_accumulator import (
+        EventAccumulator,
+    )
 
     events = EventAccumulator(str(folder), size_guidance={"tensors": 0})
     events.Reload()

@@ -9,7 +9,15 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import DATA_ROOT, REPO, compose_config, read_metrics, run_cli, run_folders, tensorboard_events
+from conftest import (
+    DATA_ROOT,
+    REPO,
+    compose_config,
+    read_metrics,
+    run_cli,
+    run_folders,
+    tensorboard_events,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vaelab.module import NonFiniteLossError

@@ -27,9 +27,9 @@ from vaelab.summarize import Job, write_tables
 from vaelab.tensorboard import add_hparams
 
 CPU = ["debug=limit_batches", f"data.root={DATA_ROOT}", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
-# a conditional model with a KL warm-up over 4 steps, beta 2, schedule values logged every 2 steps;
+# a conditional model with a KL warm-up over 4 steps, beta 0.5, schedule values logged every 2 steps;
 # 5 training batches per epoch, 2 epochs
-RUN = [*CPU, "model.conditional=true", "kl_schedule=linear_warmup", "kl_schedule.warmup_steps=4", "objective.beta=2",
+RUN = [*CPU, "model.conditional=true", "kl_schedule=linear_warmup", "kl_schedule.warmup_steps=4", "objective.beta=0.5",
        "trainer.log_every_n_steps=2"]
 
 
@@ -78,13 +78,14 @@ def test_pictures_and_the_projector_line_up_with_the_epoch_scalars(run):
     for tag in pictures:
         assert steps(events, tag) == epoch_ends, tag
     projector = (folder / "tensorboard" / "projector_config.pbtxt").read_text()
-    assert re.findall(r'tensor_path: "(\d+)/latent/test/', projector) == [f"{epoch_ends[-1]:05d}"]
+    assert re.findall(r'tensor_name: "latent/test:(\d+)"', projector) == [f"{epoch_ends[-1]:05d}"]
 
 
 @pytest.mark.slow
 def test_scalars_carry_the_metric_descriptions_and_no_clutter(run):
-    """Catches: Lightning's epoch chart, final metrics repeated as single-point hp/... charts, and a
-    description that differs from metrics.json's (one text per metric, vaelab.metric_info)."""
+    """Catches: Lightning's epoch chart, final metrics repeated as single-point hp/... charts, a
+    description that differs from metrics.json's (one text per metric, vaelab.metric_info), and
+    train/nelbo (charted against val/nelbo) being the minimized loss (beta = 0.5 here, KL warm-up)."""
     folder, _, events = run
     scalars = set(events.PluginTagToContent("scalars"))
     assert "epoch" not in scalars and not any(tag.startswith("hp/") for tag in scalars)
@@ -95,6 +96,22 @@ def test_scalars_carry_the_metric_descriptions_and_no_clutter(run):
         text = events.SummaryMetadata(tag).summary_description
         assert text and text == about.get(tag, text), tag
     assert events.SummaryMetadata("val/nelbo").summary_description == about["val/nelbo"]
+    metrics = read_metrics(folder)  # train/nelbo is the ELBO's, not the beta-weighted, warmed-up loss
+    assert metrics["train/nelbo"] == pytest.approx(metrics["train/recon"] + metrics["train/kl"], rel=1e-6)
+    assert abs(metrics["train/nelbo"] - metrics["train/loss"]) > 1
+
+
+@pytest.mark.slow
+def test_the_about_table_shows_each_description_whole(run):
+    """Catches: the pipes of KL(q(z|x) || p(z)) ending the Markdown table's cell (the TEXT tab
+    showed "nats/image; KL(q(z" for test/kl)."""
+    from tensorboard.plugin_util import markdown_to_safe_html
+
+    folder, _, events = run
+    table = events.Tensors("about/metrics/text_summary")[-1].tensor_proto.string_val[0].decode()
+    cells = re.findall(r"<td>(.*?)</td>", markdown_to_safe_html(table), re.DOTALL)
+    about = read_metrics(folder)["about"]
+    assert dict(zip(cells[0::2], cells[1::2], strict=True))["<code>test/kl</code>"] == about["test/kl"]
 
 
 @pytest.mark.slow
@@ -131,7 +148,7 @@ def test_hparams_show_the_curated_columns_with_their_types_and_the_registered_me
     types = {name: api_pb2.DataType.Name(info.type) for name, info in infos.items()}
     assert (types["model.conditional"], start.hparams["model.conditional"].bool_value) == ("DATA_TYPE_BOOL", True)
     assert (types["model.latent_dim"], start.hparams["model.latent_dim"].string_value) == ("DATA_TYPE_STRING", "20")
-    assert (types["objective.beta"], start.hparams["objective.beta"].number_value) == ("DATA_TYPE_FLOAT64", 2.0)
+    assert (types["objective.beta"], start.hparams["objective.beta"].number_value) == ("DATA_TYPE_FLOAT64", 0.5)
     assert start.hparams["model"].string_value == "mlp" and start.hparams["kl_schedule"].string_value == "linear_warmup"
 
     about = read_metrics(folder)["about"]
@@ -163,8 +180,8 @@ def test_custom_scalars_chart_what_the_run_logged_and_the_kl_weight_follows_the_
     weight = values(events, "schedule/kl_weight")
     assert sorted(weight) == [0, 1, 3, 5, 7, 9]  # the first batch, then where (step + 1) % 2 == 0
     assert weight == pytest.approx({t: min(1.0, t / 4) for t in weight})
-    assert set(values(events, "schedule/beta").values()) == {2.0}
-    assert set(values(events, "schedule/lr").values()) == {pytest.approx(1e-3)}
+    assert set(values(events, "schedule/beta").values()) == {0.5}
+    assert list(values(events, "schedule/lr").values()) == pytest.approx([1e-3] * len(weight))
     assert steps(events, "train/loss_step") == sorted(weight)[1:]
 
 
@@ -182,14 +199,18 @@ def test_the_console_shows_the_metrics_and_the_run_folder_without_library_noise(
 @pytest.mark.slow
 def test_a_sweep_ticks_what_it_varies_and_names_its_rows_by_it(tmp_path):
     """Catches: every override flagged as varying (debug, data.root, ... would fill the five ticked
-    columns), and rows named by their shared folder path, which TensorBoard cuts before the job."""
-    result = run_cli("vaelab.train", ["-m", "objective.beta=1,4", *CPU, "trainer.max_epochs=1",
+    columns), rows named by their shared folder path, which TensorBoard cuts before the job, and a
+    swept column of two types (beta=4, typed as an integer, is the number 4.0 beside 0.5)."""
+    result = run_cli("vaelab.train", ["-m", "objective.beta=0.5,4", *CPU, "trainer.max_epochs=1",
                                       "callbacks.latent_embedding=null"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "train" / "multirun").iterdir()
-    for job, beta in (("0", "1"), ("1", "4")):
+    for job, beta in (("0", "0.5"), ("1", "4")):
         experiment, start = hparams_record(tensorboard_events(sweep / job / "tensorboard"))
         assert [info.name for info in experiment.hparam_infos if info.differs] == ["objective.beta"]
+        (beta_info,) = [info for info in experiment.hparam_infos if info.name == "objective.beta"]
+        assert beta_info.type == api_pb2.DATA_TYPE_FLOAT64 and start.hparams["objective.beta"].number_value == float(beta)
+        assert start.hparams["model.latent_dim"].string_value == "20"
         assert start.group_name == f"beta={beta} · {sweep.name}/{job}"
 
 

@@ -33,17 +33,25 @@ def _multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def swept_keys(sweep_dir: Path) -> set[str]:
-    """The keys a Hydra multirun varies: those given several values on its command line (recorded
-    in ``<sweep>/multirun.yaml``) and those of its sweeper's search space (``hydra.sweeper.params``,
-    e.g. Optuna's)."""
-    keys = set(HydraConfig.get().sweeper.get("params") or {})
-    recorded = sweep_dir / "multirun.yaml"
-    if recorded.is_file():
-        task = OmegaConf.load(recorded).hydra.overrides.task
-        keys |= {o.key_or_group.lstrip("+") for o in OverridesParser.create().parse_overrides(list(task))
-                 if o.is_sweep_override()}
-    return keys
+def sweeps(run_dir: Path) -> dict[str, object]:
+    """{key: its sweep} for the keys a Hydra multirun varies (``run_dir``: one of its jobs): those
+    given several values on its command line (recorded in ``<sweep>/multirun.yaml``) and those of
+    its sweeper's search space (``hydra.sweeper.params``, e.g. Optuna's); each sweep as Hydra's
+    override grammar reads it (``ChoiceSweep``, ``RangeSweep``, ``IntervalSweep``). Empty for a
+    single run."""
+    if not _multirun():
+        return {}
+    recorded = run_dir.parent / "multirun.yaml"
+    task = list(OmegaConf.load(recorded).hydra.overrides.task) if recorded.is_file() else []
+    params = [f"{key}={value}" for key, value in (HydraConfig.get().sweeper.get("params") or {}).items()]
+    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(task + params)
+            if o.is_sweep_override()}
+
+
+def _takes_fractions(sweep) -> bool:
+    """Whether a sweep has a value that is not an integer (``1,4`` has none; ``0.5,4`` and ``interval(1,8)`` have)."""
+    values = getattr(sweep, "list", None) or [getattr(sweep, name, None) for name in ("start", "stop", "end", "step")]
+    return any(isinstance(value, float) for value in values)
 
 
 def varied(run_dir: Path) -> list[tuple[str, str]]:
@@ -51,22 +59,27 @@ def varied(run_dir: Path) -> list[tuple[str, str]]:
     for a single run, all of its overrides."""
     if not _multirun():
         return overrides()
-    keys = swept_keys(run_dir.parent)
-    return [(key, value) for key, value in overrides() if key in keys]
+    swept = sweeps(run_dir)
+    return [(key, value) for key, value in overrides() if key in swept]
 
 
-def columns(config: Mapping, keys: Sequence[str]) -> dict[str, object]:
+def columns(config: Mapping, keys: Sequence[str], run_dir: Path) -> dict[str, object]:
     """{name: value} of the run's overrides, then of ``keys``: config paths, where the name of a
     config group (``model``, ``objective``, ...) stands for the option chosen in it. Values keep
-    their types; a setting that is absent (``objective.beta`` of ``objective=iwae``) is left out, and
-    a list or a config becomes its text."""
+    their types, except that a swept setting whose sweep has fractions is a float in every job
+    (``objective.beta=0.5,4``: 4.0, not 4), so that a column has one type across a sweep. A
+    setting that is absent (``objective.beta`` of ``objective=iwae``) is left out; a list or a
+    config becomes its text."""
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    fractional = {key for key, sweep in sweeps(run_dir).items() if _takes_fractions(sweep)}
     tree = OmegaConf.create(dict(config))
     found = {}
     for key in [*(k for k, _ in overrides()), *keys]:
         value = choices[key] if key in choices else OmegaConf.select(tree, key, default=None)
         if OmegaConf.is_config(value):
             value = str(OmegaConf.to_container(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and key in fractional:
+            value = float(value)
         if value is not None:
             found.setdefault(key, value)
     return found

@@ -94,8 +94,11 @@ def project_2d(latents: np.ndarray, method: str = "pca", seed: int = 0) -> tuple
         return TSNE(n_components=2, random_state=seed, init="pca").fit_transform(latents), ("t-SNE 1", "t-SNE 2")
     from sklearn.decomposition import PCA
 
-    pca = PCA(n_components=2, random_state=seed).fit(latents)
+    with np.errstate(invalid="ignore"):  # identical latents (a collapsed posterior) have no variance to share
+        pca = PCA(n_components=2, random_state=seed).fit(latents)
     shares = pca.explained_variance_ratio_
+    if not np.isfinite(shares).all():
+        return pca.transform(latents), ("PC1", "PC2")
     return pca.transform(latents), (f"PC1 ({shares[0]:.0%} of the variance)", f"PC2 ({shares[1]:.0%})")
 
 

@@ -104,13 +104,15 @@ def bar_chart(kl):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(max(5, len(kl) * 0.3), 3.2))
     ax.bar(range(len(kl)), kl.numpy())
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.axhline(0.01, color="grey", linewidth=0.5, label="0.01 nats")
     ax.set_xlabel("latent dimension d")
     ax.set_ylabel("KL(q(z_d|x) || N(0, 1))\n(nats/image)")
-    ax.set_title(f"KL per latent dimension (validation; total {float(kl.sum()):.2f} nats/image)")
+    ax.set_title(f"KL per latent dimension, validation\n(total {float(kl.sum()):.2f} nats/image)", fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig

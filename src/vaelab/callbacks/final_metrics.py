@@ -75,7 +75,9 @@ class FinalMetrics(L.Callback):
         write_json_atomic(self.path, self.metrics)
         writer = tensorboard_writer(trainer)
         if writer is not None:
-            rows = "\n".join(f"| `{name}` | {text} |" for name, text in self.metrics["about"].items())
+            # (a pipe inside a cell, as in KL(q(z|x) || p(z)), would end the cell: escaped)
+            cells = {name: text.replace("|", r"\|") for name, text in self.metrics["about"].items()}
+            rows = "\n".join(f"| `{name}` | {text} |" for name, text in cells.items())
             writer.add_text("about/metrics", f"| metric | what it is |\n| --- | --- |\n{rows}", trainer.global_step)
 
     def _write_hparams(self, trainer: L.Trainer, pl_module) -> None:
@@ -85,7 +87,7 @@ class FinalMetrics(L.Callback):
         run_dir, facts = self.path.parent, RunFacts.of(pl_module)
         names = sorted((k for k, v in self.metrics.items() if k.startswith(("val/", "test/")) and not isinstance(v, list)),
                        key=metric_order)
-        add_hparams(writer, hparams.columns(pl_module.hparams.config or {}, self.columns),
+        add_hparams(writer, hparams.columns(pl_module.hparams.config or {}, self.columns, run_dir),
                     [key for key, _ in hparams.varied(run_dir)], {name: describe(name, facts) for name in names},
                     hparams.trial_name(run_dir))
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
 
-from vaelab.nets import ConditionedSequential, ShapeCheck, checked_shape, conditioned_layers, with_condition
+from vaelab.nets import (
+    ConditionedSequential,
+    ShapeCheck,
+    checked_shape,
+    conditioned_layers,
+    with_condition,
+)
 
 
 def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
@@ -38,7 +45,7 @@ class MLPDecoder(nn.Module):
         _, h, w = checked_shape(shape, latent_dim)
         sizes = [latent_dim, *hidden, out_channels * h * w]
         layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (n_in, n_out) in enumerate(pairwise(sizes)):
             layers.append(nn.Linear(n_in + (cond_dim if i == 0 or condition_every_layer else 0), n_out))
             layers.append(nn.ReLU() if i < len(hidden) else nn.Unflatten(1, (out_channels, h, w)))
         self.net = ConditionedSequential(*layers, conditioned=conditioned_layers(layers, condition_every_layer))

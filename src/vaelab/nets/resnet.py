@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vaelab.nets import ConditionedSequential, ShapeCheck, checked_shape, conditioned_layers, with_condition
+from vaelab.nets import (
+    ConditionedSequential,
+    ShapeCheck,
+    checked_shape,
+    conditioned_layers,
+    with_condition,
+)
 
 
 class ResidualBlock(nn.Module):
