@@ -57,6 +57,18 @@ def read_metrics(run_folder: Path) -> dict:
     return json.loads((run_folder / "metrics.json").read_text())
 
 
+def tensorboard_events(folder: Path):
+    """The summaries of a TensorBoard folder as TensorBoard reads them (scalars, images, hparams and
+    layouts all as tensors by plugin: ``PluginTagToContent(plugin)``, ``Tensors(tag)``, ``SummaryMetadata(tag)``)."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import (
+        EventAccumulator,
+    )
+
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    events.Reload()
+    return events
+
+
 @pytest.fixture
 def mnist_cfg(tmp_path):
     """The default training config, cut to a few CPU batches."""

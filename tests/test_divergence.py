@@ -118,7 +118,8 @@ def test_the_picture_and_diagnostic_callbacks_survive_non_finite_and_empty_input
         for p in module.parameters():
             p.fill_(float("nan"))
     images = torch.rand(16, 1, 4, 4)
-    datamodule = SimpleNamespace(examples=lambda n, split: (images[:n], torch.zeros(min(n, 16), dtype=torch.long)))
+    datamodule = SimpleNamespace(examples=lambda n, split: (images[:n], torch.zeros(min(n, 16), dtype=torch.long)),
+                                 name="mnist", val_set=None)
     logger = TensorBoardLogger(str(tmp_path), name="", version="")
     trainer = SimpleNamespace(loggers=[logger], is_global_zero=True, sanity_checking=False, current_epoch=0,
                               global_step=0, datamodule=datamodule, callback_metrics={})

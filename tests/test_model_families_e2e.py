@@ -9,8 +9,8 @@ from conftest import (
     read_metrics,
     run_cli,
     run_folders,
+    tensorboard_events,
 )
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 import vaelab
@@ -40,17 +40,18 @@ def mnist_classifier() -> nn.Module:
 
 
 def test_conditional_vae_generates_the_class_it_is_given(tmp_path):
-    """(Two latents: too few to carry the digit's identity, so the decoder must take it from the label.)"""
-    result = run_cli("vaelab.train", [*CPU, "model.conditional=true", "model.latent_dim=2", "debug=limit_batches",
-                                      "trainer.max_epochs=1",
-                                      "trainer.limit_train_batches=300", "trainer.limit_val_batches=2",
+    """experiment=mnist_cvae (two latents, too few to carry the digit's identity, and the label at
+    every decoder layer, so the decoder takes the digit from the label), cut to one epoch: an
+    independent classifier labels at least 90% of its samples as the class asked for (96% measured;
+    chance: 10%). Catches the label at the decoder's input alone (84% after this epoch) and a latent
+    space that carries the digit (20 latents: 36%, after two epochs)."""
+    result = run_cli("vaelab.train", [*CPU, "experiment=mnist_cvae", "debug=limit_batches", "trainer.max_epochs=1",
+                                      "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=2",
                                       "trainer.limit_test_batches=2"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = run_folders(tmp_path)
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
-    events.Reload()
-    grid = events.Images("images/prior_samples")[-1]  # one row of 8 per class: 10 rows
-    assert (grid.width, grid.height) == (2 + 8 * 30, 2 + 10 * 30)
+    width, height, _ = tensorboard_events(run / "tensorboard").Tensors("images/prior_samples")[-1].tensor_proto.string_val
+    assert int(height) == 2 * (2 + 10 * 30) and int(width) > 2 * (2 + 8 * 30)  # 10 rows of 8, the class names beside
 
     model = vaelab.load(run)
     labels = torch.arange(10).repeat_interleave(100)
@@ -58,7 +59,7 @@ def test_conditional_vae_generates_the_class_it_is_given(tmp_path):
     with torch.no_grad():
         images = model.sample(1000, labels, torch.Generator().manual_seed(0))
         accuracy = (classifier(images.flatten(1)).argmax(1) == labels).float().mean().item()
-    assert accuracy > 0.6  # chance: 0.1
+    assert accuracy >= 0.9
 
     evaluated = run_cli("vaelab.eval", [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"data.root={DATA_ROOT}",
                                         "eval.iw_samples=5", "+trainer.limit_test_batches=1", "sample_class=3",
@@ -89,9 +90,8 @@ def test_hierarchical_model_logs_both_layers_and_evaluates_with_iwae(tmp_path):
         assert all(torch.isfinite(torch.tensor(v)) and v >= 0 for v in layers)
         assert sum(layers) == pytest.approx(metrics[f"{stage}/kl"], rel=1e-4)
     assert metrics["test/nll_iw"] < metrics["test/nelbo"]
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
-    events.Reload()
-    assert {"train/kl_z1", "train/kl_z2", "val/kl_z1", "val/kl_z2"} <= set(events.Tags()["scalars"])
+    scalars = tensorboard_events(tmp_path / "run" / "tensorboard").PluginTagToContent("scalars")
+    assert {"train/kl_z1", "train/kl_z2", "val/kl_z1", "val/kl_z2"} <= set(scalars)
 
 
 @pytest.mark.parametrize("family", ["posterior=iaf", "posterior=planar", "prior=vamp", "prior=mog"])

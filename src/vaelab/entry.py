@@ -8,6 +8,7 @@ import functools
 import logging
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,20 @@ from vaelab.errors import (
 from vaelab.files import no_space_error, write_json_atomic
 
 log = logging.getLogger("vaelab")
+
+
+def quiet_library_noise() -> None:
+    """Silence what the libraries print that tells a vaelab user nothing, precisely: Lightning's
+    tip advertising its LitLogger, and the deprecation that torch raises inside Lightning's own
+    code (``lightning.pytorch.utilities._pytree`` building a ``LeafSpec``), which no setting of
+    vaelab's can avoid. Every other warning still shows."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_litlogger_tip)
+
+
+def _not_litlogger_tip(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip: For seamless cloud logging")
 
 
 def instantiate_each(group: DictConfig | None) -> list:
@@ -114,6 +129,7 @@ def task_wrapper(task: Callable[[DictConfig], dict | None]) -> Callable[[DictCon
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig):
+        quiet_library_noise()
         try:
             return task(cfg)
         except SIGTERMException as stop:  # (Lightning's carries no status: the process would exit 0, "success")

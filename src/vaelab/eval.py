@@ -36,10 +36,16 @@ from vaelab.callbacks.diagnostics import LatentDiagnostics
 from vaelab.checkpoints import load_module
 from vaelab.entry import log, pin_run_dir, task_wrapper
 from vaelab.errors import ConfigError, instantiate
-from vaelab.evaluation_tasks import checked_tasks, fitted_samplers, run_applications
+from vaelab.evaluation_tasks import (
+    CAPTIONS,
+    checked_tasks,
+    fitted_samplers,
+    run_applications,
+)
 from vaelab.files import atomic_file, save_image_atomic, write_json_atomic
 from vaelab.metric_info import RunFacts, about, table
 from vaelab.plugins import refuse_missing_plugins
+from vaelab.tensorboard import add_picture
 from vaelab.vae import VAE
 
 
@@ -111,15 +117,14 @@ def sample_grids(vae: VAE, cfg: DictConfig, samplers: dict) -> dict[str, tuple[t
     return grids
 
 
-def save_picture(picture, path: Path, writer, tag: str) -> None:
+def save_picture(picture, path: Path, writer, tag: str, caption: str) -> None:
     """A grid tensor [C, H, W] or a matplotlib figure to ``path`` (PNG, atomically) and to TensorBoard."""
     if isinstance(picture, torch.Tensor):
         save_image_atomic(picture, path)
-        writer.add_image(tag, picture)
     else:
         with atomic_file(path) as f:
             picture.savefig(f, format="png")
-        writer.add_figure(tag, picture)
+    add_picture(writer, tag, picture, 0, caption)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -167,7 +172,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
         with SummaryWriter(str(out / "tensorboard")) as writer:
             for name, picture in pictures.items():
-                save_picture(picture, out / f"{name}.png", writer, f"eval/{name}")
+                save_picture(picture, out / f"{name}.png", writer, f"eval/{name}", CAPTIONS.get(name, name))
     if cfg.anomaly.ood_data or cfg.anomaly.holdout_class is not None:
         metrics.update(detect_anomalies(vae, run_data, cfg, datamodule, out))
 

@@ -23,6 +23,17 @@ from vaelab.samplers import PriorSampler
 
 TASKS = ("nll", "samples", "completion", "representation", "disentanglement")
 APPLICATIONS = TASKS[1:]
+# what each task's pictures show (their captions in TensorBoard)
+CAPTIONS = {
+    "completion": "image completion: the masked test images (holes grey), then one row per method (the baselines "
+                  "and the samplers' completions), then the truth",
+    "latent_space": "the test images' posterior means in 2-D, coloured by label (the latents themselves for D = 2, "
+                    "else a projection)",
+    "latent_manifold": "the decoder over a grid of the prior's quantiles: z_1 across, z_2 down (Kingma & Welling "
+                       "2014, Fig. 4)",
+    "latent_traversals": "each row moves one latent from -2 to 2 around one image's posterior mean; the label names "
+                         "the factor it captures best and the share of that factor's entropy it holds",
+}
 
 
 def checked_tasks(tasks: Iterable[str], key: str, allowed: tuple[str, ...] = TASKS) -> set[str]:

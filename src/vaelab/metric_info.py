@@ -65,6 +65,8 @@ def describe(name: str, facts: RunFacts = RunFacts()) -> str:
         described = _samples(stage.removeprefix("samples").strip("/"), term)
     elif stage.startswith("completion/"):
         described = _completion(stage.removeprefix("completion/"), term)
+    elif stage == "schedule":
+        described = _schedule(term)
     else:
         described = ""
     return described
@@ -101,6 +103,8 @@ def _training(term: str, facts: RunFacts) -> str:
         "loss": f"{NATS}; the minimized objective, epoch mean: recon + beta x the scheduled KL term (elbo), minus the "
                 "IWAE bound (iwae), recon + alpha MI + beta TC + gamma dimension-wise KL (beta_tc), the M2 bound plus "
                 "its classifier term (m2), recon + KL + gamma TC (factor_vae), recon + KL + the DIP penalty (dip_vae)",
+        "nelbo": f"{NATS}; train/recon + train/kl, the negative ELBO with beta = 1 of the training images, epoch "
+                 "mean (the curve to compare with val/nelbo; for M2 the labelled images' bound is on -log p(x, y))",
         "recon": f"{NATS}; -log p(x|z), epoch mean over the training samples.{note}",
         "kl": f"{NATS}; KL(q(z|x) || p(z)), epoch mean (closed form or one-sample Monte Carlo, as val/kl)",
         "kl_z1": f"{NATS}; the lower layer's KL (model=hierarchical)",
@@ -177,6 +181,17 @@ def _completion(method: str, term: str) -> str:
         "bce": f"nats/pixel; binary cross-entropy of the missing pixels filled by {by}",
         "domain_acc": f"fraction; the domain classifier's accuracy on the images completed by {by}",
         "acceptance": "fraction; the Metropolis acceptance rate",
+    }.get(term, "")
+
+
+def _schedule(term: str) -> str:
+    return {
+        "lr": "the learning rate of the optimizer's first parameter group at that step",
+        "beta": "objective.beta, the weight of the scheduled KL term in the loss (objective=elbo)",
+        "kl_weight": "w(t) in [0, 1], the KL schedule's weight at step t: loss = recon + beta w(t) KL "
+                     "(kl_schedule=linear_warmup, cyclical)",
+        "kl_capacity": "nats/image; C(t), the KL target of kl_schedule=capacity at step t: "
+                       "loss = recon + beta gamma |KL - C(t)|",
     }.get(term, "")
 
 

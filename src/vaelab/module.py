@@ -278,7 +278,9 @@ class VAEModule(L.LightningModule):
         sums, count = self.fit_sums[:-1], self.fit_sums[-1]
         if count > 0:
             self.epoch_means["fit"].update(dict(zip(self.train_terms, (sums / count).float())), count)
-        self._log_means("fit", "train")
+        means = self._log_means("fit", "train")
+        if "train/recon" in means:  # the negative ELBO (beta = 1) of the training samples, to compare with val/nelbo
+            self.log("train/nelbo", means["train/recon"] + means["train/kl"], on_step=False, on_epoch=True)
 
     # --- validation and test -----------------------------------------------------------
     def _evaluate(self, batch, stage: str):

@@ -60,6 +60,11 @@ class Objective:
     def setup(self, dataset_size: int, num_labelled: int | None) -> None:
         """Told the training set's size and how many of its labels are known, before training."""
 
+    def curves(self, step: int) -> dict[str, float]:
+        """The weights of the loss's terms at step t, by name, where they change during training
+        (logged as ``schedule/<name>`` by the ``TrainingCurves`` callback)."""
+        return {}
+
     def _require_constant_schedule(self, name: str) -> None:
         if not self.kl_schedule.constant:
             raise ConfigError(f"objective={name} takes no KL schedule: use kl_schedule=constant (or objective=elbo)")
@@ -93,6 +98,11 @@ class ELBO(Objective):
         if beta < 0:
             raise ConfigError(f"objective.beta must be >= 0, got {beta}: pass objective.beta=<non-negative number>")
         self.beta = float(beta)
+
+    def curves(self, step: int) -> dict[str, float]:
+        """With a KL schedule that changes over training: its w(t) or C(t), and the beta it is multiplied by."""
+        schedule = self.kl_schedule.curves(step)
+        return {"beta": self.beta, **schedule} if schedule else {}
 
     def __call__(self, sample: LatentSample, log_px: torch.Tensor, step: int = 0) -> Terms:
         recon, kl = self.reported(sample, log_px)

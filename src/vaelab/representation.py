@@ -25,7 +25,7 @@ import torch
 from torchvision.utils import make_grid
 
 from vaelab.data.device_loader import DeviceBatches
-from vaelab.data.sources import CIFAR10_CLASSES
+from vaelab.data.sources import CLASS_NAMES
 from vaelab.errors import ConfigError, check_integer
 
 log = logging.getLogger("vaelab")
@@ -94,8 +94,11 @@ def project_2d(latents: np.ndarray, method: str = "pca", seed: int = 0) -> tuple
         return TSNE(n_components=2, random_state=seed, init="pca").fit_transform(latents), ("t-SNE 1", "t-SNE 2")
     from sklearn.decomposition import PCA
 
-    pca = PCA(n_components=2, random_state=seed).fit(latents)
+    with np.errstate(invalid="ignore"):  # identical latents (a collapsed posterior) have no variance to share
+        pca = PCA(n_components=2, random_state=seed).fit(latents)
     shares = pca.explained_variance_ratio_
+    if not np.isfinite(shares).all():
+        return pca.transform(latents), ("PC1", "PC2")
     return pca.transform(latents), (f"PC1 ({shares[0]:.0%} of the variance)", f"PC2 ({shares[1]:.0%})")
 
 
@@ -103,27 +106,33 @@ def latent_scatter(latents, labels, class_names: Sequence[str] | None = None, ma
                    method: str = "pca", seed: int = 0):
     """A matplotlib figure of the latents [N, D] in 2-D (``project_2d``) coloured by label [N], for
     at most ``max_points`` of them (a random subset drawn with ``seed``); fast enough with PCA to
-    draw at every validation. ``class_names[c]`` names label c in the legend (default: c)."""
+    draw at every validation. ``class_names[c]`` names label c in the legend (default: c). Latents
+    that are not finite (a diverged model's) are left out, and said so in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     latents, labels = np.asarray(latents, dtype=np.float64), np.asarray(labels)
+    finite = np.isfinite(latents).all(1)
+    left_out = int((~finite).sum())
+    latents, labels = latents[finite], labels[finite]
     if len(latents) > max_points:
         keep = np.random.default_rng(seed).choice(len(latents), max_points, replace=False)
         latents, labels = latents[keep], labels[keep]
-    points, (xlabel, ylabel) = project_2d(latents, method, seed)
+    points, (xlabel, ylabel) = project_2d(latents, method, seed) if len(latents) > 2 else (latents[:, :2], ("", ""))
     fig, ax = plt.subplots(figsize=(6, 5.5))
     cmap = plt.get_cmap("tab10" if len(np.unique(labels)) <= 10 else "tab20")
     for i, c in enumerate(np.unique(labels)):
         at = labels == c
         name = class_names[c] if class_names is not None else str(c)
         ax.scatter(points[at, 0], points[at, 1], s=3, alpha=0.6, color=cmap(i % cmap.N), label=name)
-    ax.legend(markerscale=4, fontsize=7, loc="best")
+    if len(points):
+        ax.legend(markerscale=4, fontsize=7, loc="best")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"posterior means of {len(points)} images, coloured by label")
+    ax.set_title(f"posterior means of {len(points)} images, coloured by label"
+                 + (f" ({left_out} not finite, left out)" if left_out else ""))
     fig.tight_layout()
     return fig
 
@@ -163,7 +172,7 @@ def evaluate(model, datamodule, *, knn_k: int = 5, projection: str = "pca", scat
         "repr/cluster_acc": cluster_acc,
         "repr/nmi": nmi,
     }
-    names = CIFAR10_CLASSES if datamodule.name == "cifar10" else None
+    names = CLASS_NAMES.get(datamodule.name)
     pictures: dict[str, object] = {"latent_space": latent_scatter(test_z, test_y, names, scatter_points, projection, seed)}
     if model.latent_dim == 2 and not model.conditional:
         pictures["latent_manifold"] = manifold_grid(model, manifold_steps)

@@ -25,6 +25,11 @@ class KLSchedule:
     def __call__(self, kl_per_dim: torch.Tensor, step: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def curves(self, step: int) -> dict[str, float]:
+        """What the schedule does to the KL term at step t where that changes with t, by name, for the
+        training curves (``schedule/<name>`` in the logs): ``kl_weight`` w(t), ``kl_capacity`` C(t)."""
+        return {}
+
 
 class Constant(KLSchedule):
     """sum_d kl_d at every step."""
@@ -45,8 +50,14 @@ class LinearWarmup(KLSchedule):
             raise ConfigError(f"kl_schedule.warmup_steps must be >= 1, got {warmup_steps}")
         self.warmup_steps = warmup_steps
 
+    def weight(self, step: int) -> float:
+        return min(1.0, step / self.warmup_steps)
+
     def __call__(self, kl_per_dim, step):
-        return min(1.0, step / self.warmup_steps) * kl_per_dim.sum()
+        return self.weight(step) * kl_per_dim.sum()
+
+    def curves(self, step):
+        return {"kl_weight": self.weight(step)}
 
 
 class Cyclical(KLSchedule):
@@ -72,6 +83,9 @@ class Cyclical(KLSchedule):
 
     def __call__(self, kl_per_dim, step):
         return self.weight(step) * kl_per_dim.sum()
+
+    def curves(self, step):
+        return {"kl_weight": self.weight(step)}
 
 
 class FreeBits(KLSchedule):
@@ -101,3 +115,6 @@ class Capacity(KLSchedule):
 
     def __call__(self, kl_per_dim, step):
         return self.gamma * (kl_per_dim.sum() - self.capacity(step)).abs()
+
+    def curves(self, step):
+        return {"kl_capacity": self.capacity(step)}

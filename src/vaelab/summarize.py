@@ -8,11 +8,12 @@ Reads every job folder of a Hydra multirun (``<sweep>/<job>/.hydra/overrides.yam
   final scalar metrics (every number in ``metrics.json`` whose name has a ``/``: ``test/nelbo``,
   ``samples/prior/fd_domain``, ``repr/linear_acc``, ...), for sweeps of ``vaelab.train`` and of
   ``vaelab.eval`` alike;
-- ``summary.md``: the same table, done jobs sorted by ``--metric``, then the failed and
+- ``summary.md``: the settings every job shares on one line, then a table of what varies (the
+  swept settings and the metrics), done jobs sorted by ``--metric``, then the failed and
   unfinished jobs with their errors;
 - ``plots/rate_distortion.png``: KL against reconstruction (test, else val) for each done job,
-  labelled by its beta; ``plots/<metric>_vs_<parameter>.png`` for each swept parameter;
-  the same figures in ``<sweep>/tensorboard``.
+  labelled by its swept settings; ``plots/<metric>_vs_<parameter>.png`` for each swept
+  parameter; each with a title and units; the same figures in ``<sweep>/tensorboard``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from omegaconf import OmegaConf
 
 from vaelab.entry import FAILURE_FILE
 from vaelab.files import atomic_file
+from vaelab.metric_info import describe
 
 
 @dataclass
@@ -40,7 +42,6 @@ class Job:
     overrides: dict[str, str]
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
-    beta: float | None = None
 
 
 def _job_number(folder: Path):
@@ -56,7 +57,6 @@ def read_jobs(sweep: Path) -> list[Job]:
         overrides = dict(str(p).split("=", 1) for p in pairs if "=" in str(p))
         config = OmegaConf.load(folder / ".hydra" / "config.yaml") if (folder / ".hydra" / "config.yaml").is_file() \
             else OmegaConf.create()
-        beta = OmegaConf.select(config, "objective.beta", default=None)
         metrics_file = folder / "metrics.json"
         raw = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         metrics = {k: v for k, v in raw.items() if "/" in k and isinstance(v, (int, float))}
@@ -68,14 +68,31 @@ def read_jobs(sweep: Path) -> list[Job]:
             status, error = "done", ""
         else:
             status, error = "running", "no final metrics yet (still running, or killed)"
-        jobs.append(Job(folder.name, folder, status, overrides, metrics, error,
-                        float(beta) if isinstance(beta, (int, float)) else None))
+        jobs.append(Job(folder.name, folder, status, overrides, metrics, error))
     return jobs
 
 
 def swept_parameters(jobs: list[Job]) -> list[str]:
+    """The overrides whose value is not the same in every job."""
     keys = sorted({k for job in jobs for k in job.overrides})
     return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
+
+
+def shared_settings(jobs: list[Job]) -> dict[str, str]:
+    """The overrides every job has, with the same value."""
+    swept = set(swept_parameters(jobs))
+    return {k: v for k, v in jobs[0].overrides.items() if k not in swept} if jobs else {}
+
+
+def unit(metric: str) -> str:
+    """The unit of a metric (``vaelab.metric_info``), "" where it has none or is unknown."""
+    text = describe(metric)
+    return text.split(";", 1)[0] if ";" in text else ""
+
+
+def job_label(job: Job, params: list[str]) -> str:
+    """The job's swept settings, each key by its last part (``beta=4 latent_dim=10``), else its number."""
+    return " ".join(f"{p.rsplit('.', 1)[-1]}={job.overrides[p]}" for p in params if p in job.overrides) or f"job {job.name}"
 
 
 def _sorted_done(jobs: list[Job], metric: str, descending: bool) -> list[Job]:
@@ -94,17 +111,28 @@ def write_tables(sweep: Path, jobs: list[Job], metric: str, descending: bool) ->
         writer = csv.writer(f)
         writer.writerow(columns)
         writer.writerows(rows)
-    shown = ["job", "status", *params, *([metric] if metric in metric_names else []),
+    swept = swept_parameters(jobs)
+    with_status = any(j.status != "done" for j in jobs)
+    shown = ["job", *(["status"] if with_status else []), *swept, *([metric] if metric in metric_names else []),
              *(m for m in metric_names if m != metric)]
     text = io.StringIO()
     text.write(f"# Sweep {sweep}\n\n{len(jobs)} jobs: " + ", ".join(
         f"{sum(j.status == s for j in jobs)} {s}" for s in ("done", "failed", "running")) +
         f"; sorted by {metric} ({'descending' if descending else 'ascending'})\n\n")
+    shared = shared_settings(jobs)
+    if shared:
+        text.write("Every job: " + " ".join(f"`{k}={v}`" for k, v in shared.items()) + "\n\n")
     text.write("| " + " | ".join(shown) + " |\n|" + " --- |" * len(shown) + "\n")
     for j in ordered:
-        cells = [j.name, j.status, *(j.overrides.get(p, "") for p in params)]
+        cells = [j.name, *([j.status] if with_status else []), *(j.overrides.get(p, "") for p in swept)]
         cells += [f"{j.metrics[m]:.4f}" if m in j.metrics else "" for m in shown[len(cells):]]
         text.write("| " + " | ".join(cells) + " |\n")
+    units: dict[str, list[str]] = {}
+    for m in shown:
+        if unit(m):
+            units.setdefault(unit(m), []).append(m)
+    if units:
+        text.write("\nUnits: " + "; ".join(f"{u}: {', '.join(ms)}" for u, ms in units.items()) + "\n")
     problems = [j for j in jobs if j.status != "done"]
     if problems:
         text.write("\nNot done:\n\n" + "".join(f"- job {j.name} ({j.status}): {j.error}\n" for j in problems))
@@ -120,7 +148,10 @@ def make_plots(sweep: Path, jobs: list[Job], metric: str) -> list[Path]:
     import matplotlib.pyplot as plt
     from torch.utils.tensorboard import SummaryWriter
 
+    from vaelab.tensorboard import add_image, figure_pixels
+
     done = [j for j in jobs if j.status == "done"]
+    swept = swept_parameters(jobs)
     split = "test" if any("test/kl" in j.metrics for j in done) else "val"
     figures = {}
     points = [j for j in done if f"{split}/kl" in j.metrics and f"{split}/recon" in j.metrics]
@@ -128,14 +159,13 @@ def make_plots(sweep: Path, jobs: list[Job], metric: str) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4.5))
         ax.scatter([j.metrics[f"{split}/kl"] for j in points], [j.metrics[f"{split}/recon"] for j in points])
         for j in points:
-            label = f"beta={j.beta:g}" if j.beta is not None else f"job {j.name}"
-            ax.annotate(label, (j.metrics[f"{split}/kl"], j.metrics[f"{split}/recon"]), fontsize=8,
+            ax.annotate(job_label(j, swept), (j.metrics[f"{split}/kl"], j.metrics[f"{split}/recon"]), fontsize=8,
                         xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(f"rate: {split}/kl (nats)")
-        ax.set_ylabel(f"distortion: {split}/recon (nats)")
-        ax.set_title("rate-distortion across the sweep")
+        ax.set_xlabel(f"rate: {split}/kl ({unit(f'{split}/kl')})")
+        ax.set_ylabel(f"distortion: {split}/recon ({unit(f'{split}/recon')})")
+        ax.set_title(f"Rate and distortion of the {len(points)} done jobs ({split} split)")
         figures["rate_distortion"] = fig
-    for param in swept_parameters(jobs):
+    for param in swept:
         have = [j for j in done if metric in j.metrics and param in j.overrides]
         if not have:
             continue
@@ -150,7 +180,9 @@ def make_plots(sweep: Path, jobs: list[Job], metric: str) -> list[Path]:
         if not all(isinstance(x, float) for x in xs):
             ax.set_xticks(range(len(categories)), categories)
         ax.set_xlabel(param)
-        ax.set_ylabel(metric)
+        ax.set_ylabel(f"{metric} ({unit(metric)})" if unit(metric) else metric)
+        ax.set_title(f"{metric} against {param} ({len(have)} done jobs)")
+        fig.tight_layout()
         figures[f"{metric.replace('/', '_')}_vs_{param.replace('/', '_')}"] = fig
     written = []
     (sweep / "plots").mkdir(exist_ok=True)
@@ -158,9 +190,8 @@ def make_plots(sweep: Path, jobs: list[Job], metric: str) -> list[Path]:
         for name, fig in figures.items():
             with atomic_file(sweep / "plots" / f"{name}.png") as f:
                 fig.savefig(f, format="png", dpi=100)
-            writer.add_figure(f"sweep/{name}", fig)
+            add_image(writer, f"sweep/{name}", figure_pixels(fig), 0, fig.axes[0].get_title())
             written.append(sweep / "plots" / f"{name}.png")
-            plt.close(fig)
     return written
 
 

@@ -43,7 +43,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     refuse_ddp_in_multirun(trainer)
     model.check_trainer(trainer)
 
-    log.info("training %s on %s", cfg.model.encoder._target_.rsplit(".", 1)[-1], cfg.data.name)
+    log.info("training %s (%s parameters) on %s", cfg.model.encoder._target_.rsplit(".", 1)[-1],
+             f"{sum(p.numel() for p in model.parameters()):,}", cfg.data.name)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = epoch_metrics(trainer)
     if cfg.get("test"):

@@ -7,13 +7,15 @@ from collections.abc import Callable
 
 import lightning as L
 
-from vaelab.callbacks import tensorboard_writer
+from vaelab.callbacks import epoch_end_step, tensorboard_writer
 from vaelab.evaluation_tasks import (
     APPLICATIONS,
+    CAPTIONS,
     checked_tasks,
     fitted_samplers,
     run_applications,
 )
+from vaelab.tensorboard import add_picture
 
 log = logging.getLogger("vaelab")
 
@@ -53,9 +55,5 @@ class ApplicationTasks(L.Callback):
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
         writer = tensorboard_writer(trainer)
         for name, picture in pictures.items():
-            if writer is None:
-                continue
-            if hasattr(picture, "savefig"):
-                writer.add_figure(f"tasks/{name}", picture, global_step=trainer.global_step)
-            else:
-                writer.add_image(f"tasks/{name}", picture, global_step=trainer.global_step)
+            if writer is not None:
+                add_picture(writer, f"tasks/{name}", picture, epoch_end_step(trainer), CAPTIONS.get(name, name))

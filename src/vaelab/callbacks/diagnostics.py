@@ -9,8 +9,10 @@ import lightning as L
 import torch
 from torchmetrics import CatMetric
 
-from vaelab.callbacks import tensorboard_writer
+from vaelab.callbacks import epoch_end_step, tensorboard_writer
+from vaelab.metric_info import RunFacts, describe
 from vaelab.metrics import active_units, kl_per_dimension, mutual_information
+from vaelab.tensorboard import add_figure
 
 log = logging.getLogger("vaelab")
 
@@ -24,7 +26,7 @@ class LatentDiagnostics(L.Callback):
     - the KL of each latent dimension, KL(q(z_d|x) || N(0, 1)) averaged over images, only where it
       is the model's KL (``VAE.closed_form_kl``: Gaussian posterior, standard-normal prior, one
       latent layer): kept in ``kl_per_dim`` for metrics.json and drawn in TensorBoard as the bar
-      chart ``latent/kl_per_dim``.
+      chart ``latent/kl_per_dim`` (at the step of the validation scalars).
 
     The posterior is ``VAE.encode``'s Gaussian: for ``posterior=iaf|planar`` the base z0 before
     the flow, for ``model=hierarchical`` z1 given z2 = E[z2|x]; active units and MI measure that
@@ -89,7 +91,9 @@ class LatentDiagnostics(L.Callback):
         writer = tensorboard_writer(trainer)
         kl = self.kl_per_dim.get("val")
         if writer is not None and kl is not None and trainer.is_global_zero:
-            writer.add_figure("latent/kl_per_dim", bar_chart(kl), global_step=trainer.global_step)
+            add_figure(writer, "latent/kl_per_dim", bar_chart(kl), epoch_end_step(trainer),
+                       f"val/kl_per_dim: {describe('val/kl_per_dim', RunFacts.of(pl_module))}. The dimensions are "
+                       "numbered as in images/traversals (z_0, z_1, ...); they sum to val/kl.")
 
     def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
         self._warn_if_collapsed(trainer, "test")
@@ -100,12 +104,16 @@ def bar_chart(kl):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(max(4, len(kl) * 0.25), 3))
+    fig, ax = plt.subplots(figsize=(max(5, len(kl) * 0.3), 3.2))
     # (a diverged model's non-finite values are left out rather than crash the plot)
     ax.bar(range(len(kl)), torch.where(torch.isfinite(kl), kl, torch.nan).numpy())
-    ax.axhline(0.01, color="grey", linewidth=0.5)
-    ax.set_xlabel("latent dimension")
-    ax.set_ylabel("KL (nats)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.axhline(0.01, color="grey", linewidth=0.5, label="0.01 nats")
+    ax.set_xlabel("latent dimension d")
+    ax.set_ylabel("KL(q(z_d|x) || N(0, 1))\n(nats/image)")
+    ax.set_title(f"KL per latent dimension, validation\n(total {float(kl.sum()):.2f} nats/image)", fontsize=10)
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig

@@ -5,12 +5,16 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from vaelab.callbacks import tensorboard_writer
+from vaelab.callbacks import epoch_end_step, tensorboard_writer
+from vaelab.data.sources import class_names
 
 
 class LatentEmbedding(L.Callback):
     """At the end of training, logs the posterior means mu(x) of the first ``num_images`` test
-    images with their labels and thumbnails (the PROJECTOR tab in TensorBoard)."""
+    images with their class names and thumbnails (the PROJECTOR tab in TensorBoard), at the step of the
+    last epoch's scalars and pictures (``epoch_end_step``). TensorBoard's projector opens on a 3-D
+    PCA without colours (colouring by label is a choice made in the tab: "Color by label"); the
+    2-D picture coloured by label is ``latent/scatter`` (``LatentImages``)."""
 
     def __init__(self, num_images: int = 1000):
         self.num_images = num_images
@@ -26,4 +30,6 @@ class LatentEmbedding(L.Callback):
             mu = torch.cat([pl_module.vae.encode(xc.to(pl_module.device), yc.to(pl_module.device)).mu.cpu()
                             for xc, yc in zip(x.split(500), y.split(500), strict=True)])
         pl_module.train(was_training)
-        writer.add_embedding(mu, metadata=y.tolist(), label_img=x, global_step=trainer.global_step, tag="latent/test")
+        names = class_names(trainer.datamodule.name, pl_module.vae.num_classes)
+        writer.add_embedding(mu, metadata=[names[c] for c in y.tolist()], label_img=x,
+                             global_step=epoch_end_step(trainer), tag="latent/test")

@@ -6,7 +6,19 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-from vaelab.callbacks.final_metrics import epoch_metrics, flatten
+from vaelab.callbacks.final_metrics import epoch_metrics
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a/b": 1}; lists become strings (the trackers' hparams take scalars only)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}/"))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
 
 
 class TrackerSummary(L.Callback):

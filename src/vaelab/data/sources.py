@@ -38,6 +38,15 @@ log = logging.getLogger(__name__)
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10", "dsprites", "color_dsprites")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                         "ankle boot")
+# what the labels of a dataset (by data.name) mean, where they are not the digits 0, 1, ...
+CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "fashion_mnist": FASHION_MNIST_CLASSES}
+
+
+def class_names(dataset: str, num_classes: int) -> list[str]:
+    """What each label of the dataset ``dataset`` (data.name) means: its class names, else the label numbers."""
+    return list(CLASS_NAMES.get(dataset, [str(c) for c in range(num_classes)]))
 
 
 @dataclass

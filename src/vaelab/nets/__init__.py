@@ -5,7 +5,11 @@ raw log-variance of q(z|x), then what a flow posterior reads as its context); ev
 maps latents [B, latent_dim] to likelihood parameters [B, out_channels, H, W].
 
 Conditional models (``model.conditional=true``) give both a one-hot label y [B, cond_dim]: the
-encoder's output layer sees [features(x), y], the decoder's input is [z, y].
+encoder's output layer sees [features(x), y], the decoder's input is [z, y]. With
+``model.decoder.condition_every_layer=true`` every layer of the decoder that maps its input to a new
+width (each linear and (transposed) convolution, not the residual blocks) sees [h, y], y broadcast
+over the image as extra channels: the label then reaches every level of the decoder, not only its
+input, where a rich z can drown it.
 """
 
 from __future__ import annotations
@@ -55,5 +59,33 @@ class ShapeCheck(nn.Module):
 
 
 def with_condition(features: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    """[features, y] for a conditional net (y one-hot [B, cond_dim]), the features alone otherwise."""
-    return features if y is None else torch.cat([features, y.to(features.dtype)], dim=-1)
+    """[features, y] for a conditional net (y one-hot [B, cond_dim]), the features alone otherwise;
+    for feature maps [B, C, H, W], y joins as cond_dim constant channels."""
+    if y is None:
+        return features
+    y = y.to(features.dtype)
+    if features.dim() == 4:
+        y = y[:, :, None, None].expand(-1, -1, *features.shape[2:])
+    return torch.cat([features, y], dim=1)
+
+
+class ConditionedSequential(nn.Sequential):
+    """Layers applied in turn, each layer at a position in ``conditioned`` seeing [h, y]
+    (``with_condition``) instead of h; with y None, a plain ``nn.Sequential``."""
+
+    def __init__(self, *layers: nn.Module, conditioned: Sequence[int] = ()):
+        super().__init__(*layers)
+        self.conditioned = frozenset(conditioned)
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        for i, layer in enumerate(self):
+            h = layer(with_condition(h, y) if i in self.conditioned else h)
+        return h
+
+
+def conditioned_layers(layers: Sequence[nn.Module], every_layer: bool) -> list[int]:
+    """The positions that see the label: the first layer, or with ``every_layer`` each linear and
+    (transposed) convolution."""
+    if not every_layer:
+        return [0]
+    return [i for i, layer in enumerate(layers) if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]

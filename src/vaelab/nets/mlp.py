@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
 
-from vaelab.nets import ShapeCheck, checked_shape, with_condition
+from vaelab.nets import (
+    ConditionedSequential,
+    ShapeCheck,
+    checked_shape,
+    conditioned_layers,
+    with_condition,
+)
 
 
 def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
@@ -33,16 +40,18 @@ class MLPEncoder(nn.Module):
 
 class MLPDecoder(nn.Module):
     def __init__(self, shape: Sequence[int], latent_dim: int, out_channels: int, hidden: Sequence[int] = (400,),
-                 cond_dim: int = 0):
+                 cond_dim: int = 0, condition_every_layer: bool = False):
         super().__init__()
         _, h, w = checked_shape(shape, latent_dim)
-        sizes = [latent_dim + cond_dim, *hidden]
-        self.net = nn.Sequential(
-            *_mlp(sizes), nn.Linear(sizes[-1], out_channels * h * w), nn.Unflatten(1, (out_channels, h, w))
-        )
+        sizes = [latent_dim, *hidden, out_channels * h * w]
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(pairwise(sizes)):
+            layers.append(nn.Linear(n_in + (cond_dim if i == 0 or condition_every_layer else 0), n_out))
+            layers.append(nn.ReLU() if i < len(hidden) else nn.Unflatten(1, (out_channels, h, w)))
+        self.net = ConditionedSequential(*layers, conditioned=conditioned_layers(layers, condition_every_layer))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(with_condition(z, y))
+        return self.net(z, y)
 
 
 class MLPClassifier(nn.Module):

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vaelab.nets import ShapeCheck, checked_shape, with_condition
+from vaelab.nets import (
+    ConditionedSequential,
+    ShapeCheck,
+    checked_shape,
+    conditioned_layers,
+    with_condition,
+)
 
 
 class ResidualBlock(nn.Module):
@@ -51,18 +57,20 @@ class ResNetEncoder(nn.Module):
 
 class ResNetDecoder(nn.Module):
     def __init__(self, shape: Sequence[int], latent_dim: int, out_channels: int,
-                 channels: Sequence[int] = (64, 128), blocks: int = 2, cond_dim: int = 0):
+                 channels: Sequence[int] = (64, 128), blocks: int = 2, cond_dim: int = 0,
+                 condition_every_layer: bool = False):
         super().__init__()
         factor = 2 ** len(channels)
         _, h, w = checked_shape(shape, latent_dim, factor, "resnet")
         top = (channels[-1], h // factor, w // factor)
+        extra = cond_dim if condition_every_layer else 0  # the label's channels at the convolutions' inputs
         layers: list[nn.Module] = [nn.Linear(latent_dim + cond_dim, top[0] * top[1] * top[2]), nn.Unflatten(1, top)]
         widths = list(reversed(channels))
         for c_in, c_out in zip(widths, [*widths[1:], widths[-1]], strict=True):
             layers += [ResidualBlock(c_in) for _ in range(blocks)]
-            layers += [nn.SiLU(), nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)]
-        layers += [nn.SiLU(), nn.Conv2d(widths[-1], out_channels, 3, padding=1)]
-        self.net = nn.Sequential(*layers)
+            layers += [nn.SiLU(), nn.ConvTranspose2d(c_in + extra, c_out, 4, stride=2, padding=1)]
+        layers += [nn.SiLU(), nn.Conv2d(widths[-1] + extra, out_channels, 3, padding=1)]
+        self.net = ConditionedSequential(*layers, conditioned=conditioned_layers(layers, condition_every_layer))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(with_condition(z, y))
+        return self.net(z, y)
