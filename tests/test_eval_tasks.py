@@ -102,18 +102,21 @@ def test_vaelab_eval_runs_the_three_tasks_on_a_briefly_trained_mnist_model(tmp_p
 
 @pytest.mark.slow
 def test_a_training_sweep_measures_its_applications_after_training(tmp_path):
-    """``eval.after_training=[representation]`` in a two-job sweep: each job's metrics.json carries
-    the repr/* metrics beside the test metrics, so one summarize table shows them against beta."""
+    """``eval.after_training=[representation,samples]`` in a two-job sweep: each job's metrics.json
+    carries the repr/* and samples/* metrics beside the test metrics, so one summarize table shows
+    them against beta (the domain classifier trains inside the test's inference mode)."""
     from conftest import DATA_ROOT, run_cli
 
-    sweep = run_cli("vaelab.train", ["-m", "objective.beta=1,8", "eval.after_training=[representation]",
+    sweep = run_cli("vaelab.train", ["-m", "objective.beta=1,8", "eval.after_training=[representation,samples]",
+                                     *LIGHT_CLASSIFIER, "sample_quality.num_images=500", "sample_quality.fid=off",
                                      "debug=limit_batches", "trainer.max_epochs=1", f"data.root={DATA_ROOT}",
                                      "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
                                      "callbacks.latent_embedding=null", "hydra.sweep.dir=sweep"], tmp_path)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     for job in ("0", "1"):
         metrics = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
-        assert {"repr/linear_acc", "repr/knn_acc", "repr/cluster_acc", "repr/nmi", "test/nelbo"} <= set(metrics)
+        assert {"repr/linear_acc", "repr/knn_acc", "repr/cluster_acc", "repr/nmi", "test/nelbo",
+                "samples/prior/fd_domain", "samples/train/fd_domain"} <= set(metrics)
         assert metrics["about"]["repr/nmi"].startswith("0..1")
     assert summarize([str(tmp_path / "sweep"), "--metric", "repr/linear_acc", "--descending"]) == 0
     assert "objective.beta" in (tmp_path / "sweep" / "summary.md").read_text()

@@ -104,12 +104,15 @@ def test_a_refused_command_is_one_line_exit_2_and_leaves_no_run_folder(tmp_path,
 
 @pytest.mark.slow
 def test_help_lists_only_the_groups_each_command_takes(tmp_path):
-    """Before: both listed every folder of conf/, with data=_base (a building block) and, for
-    training, sampler (eval's); eval listed model, data, ... which it does not take."""
+    """Before: both listed every folder of conf/, with data=_base (a building block); eval listed
+    model, data, ... which it does not take."""
     train_help = run_cli("vaelab.train", ["--help"], tmp_path).stdout
     groups = train_help.split("== Configuration groups ==")[1].split("== Config ==")[0]
-    assert "data: cifar10, fashion_mnist, mnist\n" in groups and "model: conv, hierarchical, mlp, resnet" in groups
-    assert "_base" not in groups and "sampler" not in groups
+    assert "data: array, cifar10, color_dsprites, dsprites, fashion_mnist, folder, mnist\n" in groups
+    assert "model: conv, hierarchical, mlp, resnet\n" in groups and "sampler: gmm, prior\n" in groups
+    assert "_base" not in groups
     eval_help = run_cli("vaelab.eval", ["--help"], tmp_path).stdout
     groups = eval_help.split("== Configuration groups ==")[1].split("== Config ==")[0]
-    assert [line.split(":")[0] for line in groups.strip().splitlines()[1:] if line] == ["paths", "sampler", "trainer"]
+    assert [line.split(":")[0] for line in groups.strip().splitlines()[1:] if line] == [
+        "completion", "disentanglement", "domain_classifier", "paths", "representation", "sample_quality",
+        "sampler", "trainer"]

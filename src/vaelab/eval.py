@@ -27,7 +27,6 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid
 
@@ -157,8 +156,7 @@ def evaluate(cfg: DictConfig) -> dict:
         x, y = x.to(vae.device), y.to(vae.device)
         recon = vae.reconstruct(x, y)
     save_image_atomic(make_grid(torch.cat([x, recon]).cpu(), nrow=len(x), pad_value=0.5), out / "reconstructions.png")
-    samplers = fitted_samplers(vae, instantiate(cfg.sampler), HydraConfig.get().runtime.choices.sampler, datamodule,
-                               cfg.seed)
+    samplers = fitted_samplers(vae, instantiate(cfg.sampler), datamodule, cfg.seed)
     for name, (images, per_row) in sample_grids(vae, cfg, samplers).items():
         save_image_atomic(make_grid(images.cpu(), nrow=per_row, pad_value=0.5), out / f"samples_{name}.png")
     runs = {task: instantiate(cfg[group]) for task, group in (("samples", "sample_quality"), ("completion", "completion"),

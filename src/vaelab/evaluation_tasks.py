@@ -45,14 +45,14 @@ def checked_tasks(tasks: Iterable[str], key: str, allowed: tuple[str, ...] = TAS
     return chosen
 
 
-def fitted_samplers(vae, sampler, name: str, datamodule, seed: int) -> dict:
+def fitted_samplers(vae, sampler, datamodule, seed: int) -> dict:
     """{name: sampler}: the prior, and a sampler that needs fitting (``sampler=gmm``) fitted to the
     posterior means of every training image (conditional models: given the true label)."""
     samplers = {"prior": PriorSampler()}
     if sampler.needs_fit:
         datamodule.setup("fit")
         sampler.fit(posterior_means(vae, datamodule.train_set, datamodule.eval_batch_size, seed)[0])
-        samplers[name] = sampler
+        samplers[sampler.name] = sampler
     return samplers
 
 

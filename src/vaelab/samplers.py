@@ -2,6 +2,7 @@
 
 Every sampler has
 
+    name        how its metrics and pictures are named (``samples/<name>/...``);
     needs_fit   whether ``fit`` must see the training set's latents first;
     fit(z [N, D]);
     sample(n, vae, seed=0) -> z [n, D] (float32, on the CPU), the same for the same seed; ``vae``
@@ -24,6 +25,7 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 class PriorSampler:
     """z ~ p(z), the model's prior."""
 
+    name = "prior"
     needs_fit = False
 
     def fit(self, z: torch.Tensor) -> None:
@@ -41,6 +43,7 @@ class GMMSampler:
     training set's latents; ``seed`` seeds the fit (k-means initialisation), the sample's own
     seed the draws. ``covariance_type`` is scikit-learn's: full, tied, diag or spherical."""
 
+    name = "gmm"
     needs_fit = True
 
     def __init__(

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 import lightning as L
+import torch
 
 from vaelab.callbacks import epoch_end_step, tensorboard_writer
 from vaelab.evaluation_tasks import (
@@ -31,10 +32,10 @@ class ApplicationTasks(L.Callback):
     ``domain_classifier/`` and ``sampler/`` of the run's config."""
 
     def __init__(self, tasks, runs: dict[str, Callable], domain_classifier: Callable, sampler,
-                 sampler_name: str = "gmm", seed: int = 0):
+                 seed: int = 0):
         self.tasks = checked_tasks(tasks, "eval.after_training", APPLICATIONS)
         self.runs, self.domain_classifier, self.seed = runs, domain_classifier, seed
-        self.sampler, self.sampler_name = sampler, sampler_name
+        self.sampler = sampler
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -48,10 +49,12 @@ class ApplicationTasks(L.Callback):
             return
         log.info("measuring %s after training", ", ".join(t for t in APPLICATIONS if t in tasks))
         vae = pl_module.vae
-        samplers = fitted_samplers(vae, self.sampler, self.sampler_name, datamodule, self.seed) \
-            if "samples" in tasks else {}
-        metrics, pictures = run_applications(vae, datamodule, tasks, self.runs, samplers, self.domain_classifier,
-                                             self.seed)
+        # (the test runs under inference mode, in which the domain classifier could not be trained)
+        with torch.inference_mode(False), torch.enable_grad():
+            samplers = fitted_samplers(vae, self.sampler, datamodule, self.seed) \
+                if "samples" in tasks else {}
+            metrics, pictures = run_applications(vae, datamodule, tasks, self.runs, samplers,
+                                                 self.domain_classifier, self.seed)
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
         writer = tensorboard_writer(trainer)
         for name, picture in pictures.items():
