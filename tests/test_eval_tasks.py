@@ -18,6 +18,7 @@ from vaelab import (
 )
 from vaelab.errors import instantiate
 from vaelab.summarize import main as summarize
+from vaelab.summarize import read_jobs, x_value
 
 TASKS = {"sample_quality": (sample_quality.evaluate, 4), "completion": (completion.evaluate, 3),
          "representation": (representation.evaluate, 2), "domain_classifier": (domain_classifier.load_or_train, 1),
@@ -51,6 +52,32 @@ def test_summarize_tabulates_an_eval_sweep_by_any_task_metric(tmp_path, capsys):
     assert "2 jobs: 2 done, 0 failed, 0 running" in table
     assert "| job | ckpt_path | samples/prior/fd_domain | repr/linear_acc |" in table  # (no status: all done)
     assert table.index("| 1 | beta4.ckpt | 12.5000 | 0.8000 |") < table.index("| 0 | beta1.ckpt | 30.0000")
+
+
+def test_summarize_plots_each_metric_against_a_config_value_and_against_a_metric(tmp_path, capsys):
+    """The disentanglement study sweeps ``disent_model`` (a group) and not ``objective.beta``, so
+    beta is read from each job's saved config; before, the plots were only against the swept
+    overrides (here: disent_model as categories), and --plot/--against did not exist."""
+    for job, (model, beta, mig, recon) in enumerate([("beta_vae_1", 1, 0.05, 30.0), ("beta_vae_16", 16, 0.3, 60.0),
+                                                     ("beta_tc", 6, 0.2, 40.0)]):
+        folder = tmp_path / str(job)
+        (folder / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create({"test": True, "objective": {"beta": beta}}), folder / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create([f"disent_model={model}"]), folder / ".hydra" / "overrides.yaml")
+        (folder / "metrics.json").write_text(json.dumps({"disent/mig": mig, "disent/sap": mig / 2, "test/recon": recon}))
+    args = [str(tmp_path), "--metric", "disent/mig", "--plot", "disent/mig", "disent/sap",
+            "--against", "objective.beta", "test/recon"]
+    assert summarize(args) == 0
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "disent_mig_vs_objective.beta.png", "disent_mig_vs_test_recon.png", "disent_sap_vs_objective.beta.png",
+        "disent_sap_vs_test_recon.png"]
+    jobs = read_jobs(tmp_path)
+    assert [x_value(j, "objective.beta") for j in jobs] == [1, 16, 6]
+    assert [x_value(j, "test/recon") for j in jobs] == [30.0, 60.0, 40.0]
+    assert x_value(jobs[0], "objective.gamma") is None
+    capsys.readouterr()
+    assert summarize([*args[:3], "--plot", "disent/nope"]) == 2
+    assert "no job logged disent/nope; choose --plot from:" in capsys.readouterr().err
 
 
 LIGHT_CLASSIFIER = ["domain_classifier.epochs=1", "domain_classifier.channels=[8,16]", "domain_classifier.hidden=64"]

@@ -12,8 +12,17 @@ Reads every job folder of a Hydra multirun (``<sweep>/<job>/.hydra/overrides.yam
   swept settings and the metrics), done jobs sorted by ``--metric``, then the failed and
   unfinished jobs with their errors;
 - ``plots/rate_distortion.png``: KL against reconstruction (test, else val) for each done job,
-  labelled by its swept settings; ``plots/<metric>_vs_<parameter>.png`` for each swept
-  parameter; each with a title and units; the same figures in ``<sweep>/tensorboard``.
+  labelled by its swept settings; ``plots/<metric>_vs_<x>.png`` for each metric of ``--plot``
+  (default: ``--metric``) against each ``x`` of ``--against`` (default: the swept parameters),
+  where ``x`` is a config path read from each job's saved config (``objective.beta``, also when
+  an experiment or a group such as ``disent_model=`` set it rather than an override) or a metric
+  (``test/recon``); each with a title and units; the same figures in ``<sweep>/tensorboard``.
+
+The disentanglement study, each metric against beta and against reconstruction::
+
+    vaelab-summarize <sweep> --metric disent/mig --descending \\
+        --plot disent/mig disent/dci_disentanglement disent/sap disent/factor_vae disent/beta_vae \\
+        --against objective.beta test/recon
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ class Job:
     overrides: dict[str, str]
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    config: dict = field(default_factory=dict)
 
 
 def _job_number(folder: Path):
@@ -68,7 +78,8 @@ def read_jobs(sweep: Path) -> list[Job]:
             status, error = "done", ""
         else:
             status, error = "running", "no final metrics yet (still running, or killed)"
-        jobs.append(Job(folder.name, folder, status, overrides, metrics, error))
+        jobs.append(Job(folder.name, folder, status, overrides, metrics, error,
+                        OmegaConf.to_container(config, resolve=False)))
     return jobs
 
 
@@ -141,7 +152,47 @@ def write_tables(sweep: Path, jobs: list[Job], metric: str, descending: bool) ->
     return sweep / "summary.csv", sweep / "summary.md"
 
 
-def make_plots(sweep: Path, jobs: list[Job], metric: str) -> list[Path]:
+def x_value(job: Job, x: str) -> str | float | None:
+    """The job's value of ``x``: a metric it logged, else its override, else its saved config's
+    value at that path (None where it has none)."""
+    if x in job.metrics:
+        return job.metrics[x]
+    if x in job.overrides:
+        return job.overrides[x]
+    value = OmegaConf.select(OmegaConf.create(job.config), x, default=None, throw_on_missing=False)
+    return None if value is None or OmegaConf.is_config(value) else value
+
+
+def _scatter(plt, done: list[Job], y: str, x: str, swept: list[str]):
+    """``y`` against ``x`` for the done jobs that have both (numbers on a number axis, else one
+    tick per category), each point labelled by its job's swept settings; None if no job has both."""
+    have = [(j, x_value(j, x)) for j in done if y in j.metrics and x_value(j, x) is not None]
+    if not have:
+        return None
+    values = [v for _, v in have]
+    try:
+        xs = [float(v) for v in values]
+        categories = None
+    except ValueError:
+        categories = sorted({str(v) for v in values})
+        xs = [categories.index(str(v)) for v in values]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(xs, [j.metrics[y] for j, _ in have])
+    labelled = [p for p in swept if p != x]
+    if labelled:
+        for (j, _), px in zip(have, xs):
+            ax.annotate(job_label(j, labelled), (px, j.metrics[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if categories is not None:
+        ax.set_xticks(range(len(categories)), categories)
+    ax.set_xlabel(f"{x} ({unit(x)})" if unit(x) else x)
+    ax.set_ylabel(f"{y} ({unit(y)})" if unit(y) else y)
+    ax.set_title(f"{y} against {x} ({len(have)} done jobs)")
+    fig.tight_layout()
+    return fig
+
+
+def make_plots(sweep: Path, jobs: list[Job], metric: str, plot_metrics: list[str] | None = None,
+               against: list[str] | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,25 +216,11 @@ def make_plots(sweep: Path, jobs: list[Job], metric: str) -> list[Path]:
         ax.set_ylabel(f"distortion: {split}/recon ({unit(f'{split}/recon')})")
         ax.set_title(f"Rate and distortion of the {len(points)} done jobs ({split} split)")
         figures["rate_distortion"] = fig
-    for param in swept:
-        have = [j for j in done if metric in j.metrics and param in j.overrides]
-        if not have:
-            continue
-        values = [j.overrides[param] for j in have]
-        try:
-            xs = [float(v) for v in values]
-        except ValueError:
-            categories = sorted(set(values))
-            xs = [categories.index(v) for v in values]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.scatter(xs, [j.metrics[metric] for j in have])
-        if not all(isinstance(x, float) for x in xs):
-            ax.set_xticks(range(len(categories)), categories)
-        ax.set_xlabel(param)
-        ax.set_ylabel(f"{metric} ({unit(metric)})" if unit(metric) else metric)
-        ax.set_title(f"{metric} against {param} ({len(have)} done jobs)")
-        fig.tight_layout()
-        figures[f"{metric.replace('/', '_')}_vs_{param.replace('/', '_')}"] = fig
+    for y in plot_metrics or [metric]:
+        for x in against or swept:
+            figure = _scatter(plt, done, y, x, swept)
+            if figure is not None:
+                figures[f"{y.replace('/', '_')}_vs_{x.replace('/', '_')}"] = figure
     written = []
     (sweep / "plots").mkdir(exist_ok=True)
     with SummaryWriter(str(sweep / "tensorboard")) as writer:
@@ -201,6 +238,9 @@ def main(argv=None) -> int:
     parser.add_argument("sweep", type=Path, help="a multirun folder, e.g. outputs/train/multirun/<time>")
     parser.add_argument("--metric", default="test/nelbo", help="metric to sort by and plot (default test/nelbo)")
     parser.add_argument("--descending", action="store_true", help="sort from the largest value")
+    parser.add_argument("--plot", nargs="+", metavar="METRIC", help="metrics to plot (default: --metric)")
+    parser.add_argument("--against", nargs="+", metavar="X",
+                        help="x axes: config paths (objective.beta) or metrics (test/recon); default: the swept settings")
     args = parser.parse_args(argv)
     if not args.sweep.is_dir():
         print(f"vaelab-summarize: error: {args.sweep} is not a folder: pass a sweep folder "
@@ -211,12 +251,14 @@ def main(argv=None) -> int:
         print(f"vaelab-summarize: error: {args.sweep} holds no job folders (subfolders with .hydra/)", file=sys.stderr)
         return 2
     known = {k for job in jobs for k in job.metrics}
-    if args.metric not in known and any(j.status == "done" for j in jobs):
-        print(f"vaelab-summarize: error: no job logged {args.metric}; choose --metric from: {', '.join(sorted(known))}",
-              file=sys.stderr)
-        return 2
+    if any(j.status == "done" for j in jobs):
+        for option, name in [("--metric", args.metric), *(("--plot", m) for m in args.plot or [])]:
+            if name not in known:
+                print(f"vaelab-summarize: error: no job logged {name}; choose {option} from: {', '.join(sorted(known))}",
+                      file=sys.stderr)
+                return 2
     csv_path, md_path = write_tables(args.sweep, jobs, args.metric, args.descending)
-    plots = make_plots(args.sweep, jobs, args.metric)
+    plots = make_plots(args.sweep, jobs, args.metric, args.plot, args.against)
     print(md_path.read_text())
     print(f"wrote {csv_path}, {md_path} and {len(plots)} plots in {args.sweep / 'plots'}")
     return 0
