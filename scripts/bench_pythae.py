@@ -55,6 +55,7 @@ def export(out: str) -> None:
 
 def run_pythae(data: str, nll: bool) -> None:
     import torch
+    from pythae.data.datasets import BaseDataset
     from pythae.models import VAE, VAEConfig
     from pythae.models.base.base_utils import ModelOutput
     from pythae.models.nn import BaseDecoder, BaseEncoder
@@ -99,7 +100,8 @@ def run_pythae(data: str, nll: bool) -> None:
         trainer_config = BaseTrainerConfig(output_dir=out, num_epochs=5, learning_rate=1e-3, optimizer_cls="Adam",
                                            per_device_train_batch_size=128, per_device_eval_batch_size=128,
                                            no_cuda=True, seed=42)
-        trainer = BaseTrainer(model, splits["train"], splits["val"], trainer_config, callbacks=[clock])
+        train, val = (BaseDataset(splits[name], torch.zeros(len(splits[name]))) for name in ("train", "val"))
+        trainer = BaseTrainer(model, train, val, trainer_config, callbacks=[clock])
         trainer.train()
     epochs = [b - a for a, b in zip(clock.starts, clock.starts[1:])]
     print("pythae epochs (s):", " ".join(f"{t:.2f}" for t in epochs))

@@ -9,14 +9,16 @@
     Adam, ``loss.item()`` every step;
 (b) floor: a plain PyTorch loop over the same on-device batches (``DeviceBatches``, the same
     shuffling), the same model and objective, the configured (fused) optimizer, nothing else:
-    no Lightning, no logging, no checkpoints: what vaelab's training loop cannot beat;
+    no Lightning, no logging, no checkpoints: what vaelab's training loop cannot beat. Its epochs
+    alternate with vaelab's (one floor epoch before each vaelab epoch, on its own copy of the
+    model), so that a machine whose speed drifts slows both alike;
 (c) vaelab: ``vaelab.train.train`` on the composed experiment config, the normal path, with its
     progress bar, logging, checkpoints and pictures on.
 
 All train the same model (built from the experiment's config), on the same data, with the same
 seed, batch size and number of epochs; (a) and (c) are then tested on the official test set (the
 negative ELBO per image, one z sample). Seconds per epoch are the median over the epochs after
-the first (which pays for warm-up); vaelab's are its training steps' time (epoch start to its
+the first (which pays for warm-up), ``ratio_floor`` the median of the per-epoch ratios; vaelab's are its training steps' time (epoch start to its
 last batch), and with ``--whole-epoch`` also the whole epoch (training, validation, callbacks and
 checkpoints: from one epoch's start to the next's), whose share outside the training steps is
 ``val_share``. The last line is machine-readable:
@@ -126,44 +128,52 @@ def classic(cfg, device: torch.device, epochs: int) -> tuple[list[float], float]
     return times, total / len(test_set)
 
 
-def floor(cfg, device: torch.device, epochs: int) -> list[float]:
+class Floor:
     """A plain loop over the same on-device batches (the same order), the same model, objective
-    and optimizer, and nothing else; returns epoch times."""
-    L.seed_everything(cfg.seed)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    config = OmegaConf.to_container(cfg, resolve=True)
-    model = VAEModule.from_config(config).to(device)
-    model.objective.setup(len(datamodule.train_set), datamodule.num_labelled)
-    optimizer = model.configure_optimizers()
-    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-    train = datamodule.train_set
-    times = []
-    for epoch in range(epochs):
-        batches = DeviceBatches(train.images.to(device), train.labels.to(device), cfg.data.batch_size, shuffle=True,
-                                seed=cfg.seed, current_epoch=lambda epoch=epoch: epoch, binarize=train.binarize)
-        sync(device)
+    and optimizer, and nothing else; ``epoch(i)`` trains epoch i and returns its seconds."""
+
+    def __init__(self, cfg, device: torch.device):
+        L.seed_everything(cfg.seed)
+        self.cfg, self.device = cfg, device
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")
+        self.model = VAEModule.from_config(OmegaConf.to_container(cfg, resolve=True)).to(device)
+        self.model.objective.setup(len(datamodule.train_set), datamodule.num_labelled)
+        optimizer = self.model.configure_optimizers()
+        self.optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+        self.train = datamodule.train_set
+        self.images, self.labels = self.train.images.to(device), self.train.labels.to(device)
+
+    def epoch(self, epoch: int) -> float:
+        batches = DeviceBatches(self.images, self.labels, self.cfg.data.batch_size, shuffle=True, seed=self.cfg.seed,
+                                current_epoch=lambda: epoch, binarize=self.train.binarize)
+        sync(self.device)
         start = time.perf_counter()
-        model.train()
+        self.model.train()
         for x, y in batches:
-            loss = model.terms(x, y).loss
-            optimizer.zero_grad(set_to_none=True)
+            loss = self.model.terms(x, y).loss
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-        print(f"floor epoch {len(times)}: {times[-1]:.2f} s", flush=True)
-    return times
+            self.optimizer.step()
+        sync(self.device)
+        seconds = time.perf_counter() - start
+        print(f"floor epoch {epoch + 1}: {seconds:.2f} s", flush=True)
+        return seconds
 
 
 class EpochTimer(L.Callback):
     """Per epoch: the training steps' time (the epoch's start to its last batch's end) and the whole
     epoch's (one epoch's start to the next's, or to the end of training: validation, callbacks and
-    checkpoints included), synchronized with the device."""
+    checkpoints included), synchronized with the device. With a ``floor``, one epoch of the plain
+    loop runs before each of vaelab's epochs, outside both times, so that each vaelab epoch has a
+    floor epoch beside it on a machine whose speed drifts (``ratio_floor`` is the median of the
+    pairs' ratios)."""
 
-    def __init__(self):
+    def __init__(self, floor: Floor | None = None):
+        self.floor = floor
         self.steps: list[float] = []
         self.whole: list[float] = []
+        self.floor_steps: list[float] = []
 
     def _now(self, pl_module) -> float:
         sync(pl_module.device)
@@ -173,7 +183,9 @@ class EpochTimer(L.Callback):
         now = self._now(pl_module)
         if self.steps:
             self.whole.append(now - self.start)
-        self.start = now
+        if self.floor is not None:
+            self.floor_steps.append(self.floor.epoch(trainer.current_epoch))
+        self.start = self._now(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx + 1 == trainer.num_training_batches:
@@ -184,8 +196,8 @@ class EpochTimer(L.Callback):
         self.whole.append(self._now(pl_module) - self.start)
 
 
-def vaelab_run(cfg) -> tuple[EpochTimer, float]:
-    timer = EpochTimer()
+def vaelab_run(cfg, floor: Floor | None) -> tuple[EpochTimer, float]:
+    timer = EpochTimer(floor)
     metrics = train(cfg, extra_callbacks=[timer])
     return timer, metrics["test/nelbo"]
 
@@ -217,9 +229,7 @@ def main(argv=None) -> None:
         if not args.skip_classic:
             classic_times, classic_nelbo = classic(cfg.copy(), device, args.epochs)
             results["classic_s_per_epoch"] = seconds_per_epoch(classic_times)
-        if not args.skip_floor:
-            results["floor_s_per_epoch"] = seconds_per_epoch(floor(cfg.copy(), device, args.epochs))
-        timer, vaelab_nelbo = vaelab_run(cfg)
+        timer, vaelab_nelbo = vaelab_run(cfg, None if args.skip_floor else Floor(cfg.copy(), device))
         dm = instantiate(cfg.data)
         dm.setup("fit")
         n_train = len(dm.train_set)
@@ -231,10 +241,10 @@ def main(argv=None) -> None:
         c = results["classic_s_per_epoch"]
         print(f"classic: {c:.3f} s/epoch, {n_train / c:,.0f} images/s, test nelbo {classic_nelbo:.2f}")
         line["ratio"] = v / c
-    if "floor_s_per_epoch" in results:
-        f = results["floor_s_per_epoch"]
+    if timer.floor_steps:
+        f = results["floor_s_per_epoch"] = seconds_per_epoch(timer.floor_steps)
         print(f"floor: {f:.3f} s/epoch, {n_train / f:,.0f} images/s")
-        line["ratio_floor"] = v / f
+        line["ratio_floor"] = seconds_per_epoch([a / b for a, b in zip(timer.steps, timer.floor_steps)])
     line.update(vaelab_s_per_epoch=v, vaelab_images_per_s=n_train / v, **results)
     if args.whole_epoch:
         whole = seconds_per_epoch(timer.whole)
