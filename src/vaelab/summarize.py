@@ -36,7 +36,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from vaelab.entry import FAILURE_FILE
 from vaelab.files import atomic_file
@@ -51,7 +51,7 @@ class Job:
     overrides: dict[str, str]
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
-    config: dict = field(default_factory=dict)
+    config: DictConfig = field(default_factory=OmegaConf.create)  # its saved .hydra/config.yaml
 
 
 def _job_number(folder: Path):
@@ -78,8 +78,7 @@ def read_jobs(sweep: Path) -> list[Job]:
             status, error = "done", ""
         else:
             status, error = "running", "no final metrics yet (still running, or killed)"
-        jobs.append(Job(folder.name, folder, status, overrides, metrics, error,
-                        OmegaConf.to_container(config, resolve=False)))
+        jobs.append(Job(folder.name, folder, status, overrides, metrics, error, config))
     return jobs
 
 
@@ -159,7 +158,7 @@ def x_value(job: Job, x: str) -> str | float | None:
         return job.metrics[x]
     if x in job.overrides:
         return job.overrides[x]
-    value = OmegaConf.select(OmegaConf.create(job.config), x, default=None, throw_on_missing=False)
+    value = OmegaConf.select(job.config, x, default=None, throw_on_resolution_failure=False)
     return None if value is None or OmegaConf.is_config(value) else value
 
 
