@@ -42,6 +42,8 @@ def test_sigterm_then_ctrl_c_stop_at_their_step_and_the_resumed_run_ends_as_the_
     or none at all (Lightning's own SIGTERM path exits 0 without one, Ctrl-C exits 1 without one)."""
     last = {name: tmp_path / name / "run" / "checkpoints" / "last.ckpt" for name in "ab"}
     stops = [("a", [], signal.SIGTERM, 4, 0), ("b", [f"ckpt_path={last['a']}"], signal.SIGINT, 9, 1)]
+    # (the default handler, or SIG_IGN where the suite runs in the background of a shell without job control)
+    sigint_before = signal.getsignal(signal.SIGINT)
     for name, resume, signum, step, epoch in stops:
         with pytest.raises(SystemExit) as stop:
             train(compose_config(tmp_path / name, [*FAST, *resume]), extra_callbacks=[SignalAtStep(step, signum)])
@@ -53,7 +55,7 @@ def test_sigterm_then_ctrl_c_stop_at_their_step_and_the_resumed_run_ends_as_the_
         assert err.rstrip().endswith(f"ckpt_path={last[name]}")
         assert torch.load(last[name], weights_only=False)["global_step"] == step
         assert not (tmp_path / name / "run" / "metrics.json").exists()
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the run
+        assert signal.getsignal(signal.SIGINT) is sigint_before  # put back after the run
     train(compose_config(tmp_path / "c", [*FAST, f"ckpt_path={last['b']}"]))
     assert stable(read_metrics(tmp_path / "c" / "run")) == uninterrupted
 
