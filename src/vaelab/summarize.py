@@ -165,7 +165,7 @@ def x_value(job: Job, x: str) -> str | float | None:
 def _scatter(plt, done: list[Job], y: str, x: str, swept: list[str]):
     """``y`` against ``x`` for the done jobs that have both (numbers on a number axis, else one
     tick per category), each point labelled by its job's swept settings; None if no job has both."""
-    have = [(j, x_value(j, x)) for j in done if y in j.metrics and x_value(j, x) is not None]
+    have = [(j, v) for j in done if y in j.metrics for v in [x_value(j, x)] if v is not None]
     if not have:
         return None
     values = [v for _, v in have]
