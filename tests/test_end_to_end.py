@@ -191,6 +191,9 @@ class BreakLikelihoodAtEpoch(L.Callback):
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    """The step named is the first whose terms were not finite (step 5, the first of epoch 1), found on
+    the device from the count of the steps before it. Catches: every step counted (the check's step,
+    not 5)."""
     cfg = compose_config(tmp_path, [*FAST, "likelihood=gaussian", "trainer.max_epochs=3"])
     with pytest.raises(NonFiniteLossError, match=r"train/recon became NaN or infinite at step 5; .*last.ckpt"):
         train(cfg, extra_callbacks=[BreakLikelihoodAtEpoch(1)])

@@ -1,14 +1,22 @@
-"""The fast training paths (compiled step, recorded CUDA-graph step, device-resident data, device-side metrics) against the eager one."""
+"""The fast training paths (compiled step, recorded CUDA-graph step, device-resident data, device-side metrics)
+against the eager one, and the per-step costs around them that vaelab trims."""
 
 import copy
+import ctypes
 
 import pytest
 import torch
 from conftest import DATA_ROOT, compose_config, read_metrics
+from hydra.utils import instantiate
+from lightning.pytorch.profilers import SimpleProfiler
 from test_maths import tiny_module
 
+from vaelab import cuda_probe
+from vaelab.callbacks import progress_bar
 from vaelab.errors import ConfigError
 from vaelab.graph_step import GraphedStep, graph_safe_training_step
+from vaelab.objectives import Terms
+from vaelab.profiler import NoProfiler
 from vaelab.train import train
 
 FAST = ["debug=limit_batches", f"data.root={DATA_ROOT}", "trainer.enable_progress_bar=false",
@@ -33,6 +41,25 @@ def test_compiled_terms_equal_the_eager_terms_and_gradients():
     grads_b = torch.autograd.grad(b, list(eager.parameters()))
     for ga, gb in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5)
+
+
+def test_the_epoch_sums_weigh_each_batch_by_its_size_and_count_the_steps_until_a_term_is_not_finite():
+    """``fit_sums`` = (sum_b n_b loss_b, sum_b n_b recon_b, sum_b n_b kl_b, sum_b n_b); ``finite_steps``
+    counts the steps after which every sum was finite (a NaN stays in its sum, so later steps are not
+    counted). Catches: the terms not weighted by the batch size, the image count weighted by anything
+    but 1, every step counted (the NaN step and those after it too)."""
+    module = tiny_module()
+
+    def record(loss, recon, kl, size):
+        module.record_step(Terms(*(torch.tensor(v) for v in (loss, recon, kl))), size)
+
+    record(3.0, 2.0, 1.0, 4)
+    record(7.0, 5.0, 2.0, 2)
+    assert module.fit_sums.tolist() == [4 * 3 + 2 * 7, 4 * 2 + 2 * 5, 4 * 1 + 2 * 2, 6]
+    assert module.finite_steps.item() == 2
+    record(float("nan"), float("nan"), 1.0, 3)
+    record(1.0, 1.0, 1.0, 3)
+    assert module.finite_steps.item() == 2 and module.fit_sums[1].isnan() and module.fit_sums[2] == 14
 
 
 @pytest.mark.slow
@@ -97,3 +124,48 @@ def test_cuda_graph_refuses_what_a_recorded_step_cannot_follow(tmp_path, overrid
     config = compose_config(tmp_path, ["cuda_graph=true", override])
     with pytest.raises(ConfigError, match="^cuda_graph=true does not support .*: use cuda_graph=false"):
         train(config)
+
+
+@pytest.mark.parametrize("nvml_present", [False, True])
+def test_the_cuda_probe_skips_the_nvml_look_up_only_where_it_cannot_succeed(monkeypatch, nvml_present):
+    """With NVML absent, torch's NVML-based probe fails every time and falls back to the CUDA
+    runtime's answer: turning it off gives the same answer. Catches: the setting turned off where
+    NVML is present (its probe there is the one that does not initialize CUDA)."""
+    monkeypatch.setenv(cuda_probe.NVML_SETTING, "1")
+    if nvml_present:
+        monkeypatch.setattr(ctypes, "CDLL", lambda name: object())
+    elif torch.cuda.is_available():
+        pytest.skip("NVML is present here")
+    before = torch.cuda.is_available()
+    assert cuda_probe.skip_failing_nvml_probe() is not nvml_present
+    assert cuda_probe.os.environ[cuda_probe.NVML_SETTING] == ("1" if nvml_present else "0")
+    assert torch.cuda.is_available() == before
+
+
+def test_a_run_profiles_nothing_by_default_and_a_chosen_profiler_replaces_that(tmp_path):
+    """The default profiler hands Lightning one shared empty context per hook call; trainer.profiler=simple
+    still profiles. Catches: the override of the config node by a name refused, or ignored."""
+    quiet = instantiate(compose_config(tmp_path, FAST).trainer)
+    assert isinstance(quiet.profiler, NoProfiler)
+    assert quiet.profiler.profile("a") is quiet.profiler.profile("b")
+    simple = instantiate(compose_config(tmp_path, [*FAST, "trainer.profiler=simple"]).trainer)
+    assert isinstance(simple.profiler, SimpleProfiler)
+
+
+def test_the_progress_bar_is_fed_at_its_redraw_rate_and_at_each_epochs_last_batch(monkeypatch):
+    """Steps of 1 ms, 3 epochs of 300 batches, 10 redraws a second: the bar is handed the count at the
+    first batch, then once 0.1 s after the last hand-over, and at each epoch's last batch. Catches: a
+    last batch skipped (the bar would end short of its total), the interval in steps, not seconds."""
+    clock = iter(range(10**6))
+    monkeypatch.setattr(progress_bar.time, "monotonic", lambda: next(clock) / 1000)
+    fed = []
+    monkeypatch.setattr(progress_bar.RichProgressBar, "on_train_batch_end",
+                        lambda self, trainer, module, outputs, batch, batch_idx: fed.append(batch_idx + 1))
+    monkeypatch.setattr(progress_bar.RateLimitedProgressBar, "total_train_batches", 300)
+    bar = progress_bar.RateLimitedProgressBar(refresh_rate=10)
+    for epoch in range(3):
+        for batch_idx in range(300):
+            bar.on_train_batch_end(None, None, None, None, batch_idx)
+    # (epoch 0 at 0-299 ms, handed over at 0, 100, 200 and its last batch, 299 ms; then 399, 499, 599 ...)
+    assert fed == [1, 101, 201, 300, 100, 200, 300, 100, 200, 300]
+

@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, read_write
 
@@ -47,6 +48,15 @@ def _not_litlogger_tip(record: logging.LogRecord) -> bool:
 def instantiate_each(group: DictConfig | None) -> list:
     """Instantiate every ``_target_`` entry of a config group such as ``callbacks`` or ``logger``."""
     return [instantiate(node) for node in (group or {}).values() if node and "_target_" in node]
+
+
+def instantiate_callbacks(cfg: DictConfig) -> list:
+    """The ``callbacks`` group's callbacks, its progress bar only with ``trainer.enable_progress_bar``
+    on (Lightning refuses a progress bar callback on a trainer told to show none)."""
+    callbacks = instantiate_each(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar") is False:
+        callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
+    return callbacks
 
 
 def accepted_groups(config_name: str) -> str:

@@ -6,11 +6,13 @@ optimizer as a partial and an optional learning-rate scheduler, and the evaluati
 so a checkpoint alone rebuilds its module (``vaelab.checkpoints.load_module``).
 
 The training step never waits for the device: the terms are summed on the device (the
-``fit_sums`` buffer, handed to ``metrics.TermMeans`` at epoch end); per-step values are logged
-only every ``trainer.log_every_n_steps`` steps, and a non-finite loss is looked for at those
-moments too. With ``compile`` on, the deterministic part of a pass goes through ``torch.compile``
-(``VAE.use_compiled_step``); with ``cuda_graph`` on, the step is recorded and replayed as a CUDA
-graph (``vaelab.graph_step``) and the optimizer steps by Lightning's manual optimization.
+``fit_sums`` buffer, handed to ``metrics.TermMeans`` at epoch end; a NaN or infinity stays in a
+sum, so the steps whose sums are still finite are counted to find the first that was not);
+per-step values are logged only every ``trainer.log_every_n_steps`` steps, and a non-finite loss
+is looked for at those moments too. With ``compile`` on, the deterministic part of a pass goes
+through ``torch.compile`` (``VAE.use_compiled_step``); with ``cuda_graph`` on, the step is
+recorded and replayed as a CUDA graph (``vaelab.graph_step``) and the optimizer steps by
+Lightning's manual optimization.
 
 Validation and test report the true ELBO (``nelbo = recon + kl``, beta = 1, one sample; of
 log p(x|y) for a conditional model, of log p(x) with the label marginalized for M2) whatever the
@@ -88,9 +90,12 @@ class VAEModule(L.LightningModule):
         # the epoch's batch-size-weighted sums of the training terms and the image count, on the
         # device; persistent, so that a mid-epoch checkpoint carries the epoch's sums so far
         self.register_buffer("fit_sums", torch.zeros(len(self.train_terms) + 1, dtype=torch.float64))
+        self.register_buffer("one", torch.ones(()), persistent=False)  # the image count's weight in fit_sums
+        # the steps since `counted_from` after which fit_sums was still finite (all of them, until a
+        # term is NaN or infinite: the first such step is counted_from + finite_steps)
+        self.register_buffer("finite_steps", torch.tensor(0), persistent=False)
+        self.counted_from = 0
         self._rng_to_restore: dict | None = None
-        self.register_buffer("first_nonfinite", torch.tensor([-1, -1]), persistent=False)  # (step, term)
-        self.register_buffer("device_step", torch.tensor(0), persistent=False)  # global_step, on the device
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> VAEModule:
@@ -116,6 +121,15 @@ class VAEModule(L.LightningModule):
             compile=config.get("compile", "auto"), compile_mode=config.get("compile_mode"),
             cuda_graph=bool(config.get("cuda_graph", False)), config=config,
         )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name before and after each hook it calls, some 40 times a
+        # training step: a plain attribute, it needs none of nn.Module's checks for parameters,
+        # buffers and submodules (2-3 us each on the reference CPU)
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def semi_supervised(self) -> bool:
@@ -198,7 +212,7 @@ class VAEModule(L.LightningModule):
         self.objective.kl_schedule.setup(int(self.trainer.estimated_stepping_batches))
         datamodule = self.trainer.datamodule
         self.objective.setup(len(datamodule.train_set), datamodule.num_labelled)
-        self.device_step.fill_(self.global_step)
+        self._count_finite_steps_from_here()
         if self._rng_to_restore is not None:
             torch.set_rng_state(self._rng_to_restore["torch"])
             if "cuda" in self._rng_to_restore and self.device.type == "cuda":
@@ -208,6 +222,11 @@ class VAEModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         """(Lightning skips this hook when resuming in the middle of an epoch, which keeps that epoch's sums.)"""
         self.fit_sums.zero_()
+        self._count_finite_steps_from_here()
+
+    def _count_finite_steps_from_here(self) -> None:
+        self.finite_steps.zero_()
+        self.counted_from = self.global_step
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -244,29 +263,25 @@ class VAEModule(L.LightningModule):
         discriminator_optimizer.optimizer.step()
 
     def record_step(self, t: Terms, batch_size: int) -> torch.Tensor:
-        """Add the batch's terms to the epoch's sums and watch for non-finite ones (on the device);
-        returns the batch means in ``train_terms`` order."""
+        """Add the batch's terms times its size, and the size, to the epoch's sums, and count the
+        step if the sums are all still finite; on the device, in five kernels. Returns the batch
+        means in ``train_terms`` order (then a 1, the count's weight)."""
         extra = [t.extra[name] for name in self.train_terms[len(TRAIN_TERMS):]]
-        values = torch.stack([t.loss, t.recon, t.kl, *extra]).detach()
-        self.fit_sums[:-1] += values * batch_size
-        self.fit_sums[-1] += batch_size
-        self._watch_finite(t)
+        values = torch.stack([t.loss, t.recon, t.kl, *extra, self.one]).detach()
+        self.fit_sums.add_(values, alpha=batch_size)
+        self.finite_steps.add_(self.fit_sums.isfinite().all())
         return values
 
-    def _watch_finite(self, t: Terms) -> None:
-        """Remember, on the device, the first step whose recon or KL is not finite."""
-        bad = ~torch.isfinite(torch.stack([t.recon.detach(), t.kl.detach()]))
-        first = torch.stack([self.device_step, bad.int().argmax()])
-        fresh = bad.any() & (self.first_nonfinite[0] < 0)
-        self.first_nonfinite.copy_(torch.where(fresh, first, self.first_nonfinite))
-        self.device_step += 1
-
     def _check_finite(self) -> None:
-        step, term = self.first_nonfinite.tolist()
-        if step >= 0:
+        """Stop with the first step whose sums are not finite, naming a non-finite term (recon, kl, ...
+        before loss, which is their weighted sum); one read from the device."""
+        finite_steps, *finite = torch.cat([self.finite_steps.view(1), self.fit_sums[:-1].isfinite()]).tolist()
+        bad = [name for name, ok in zip(self.train_terms, finite) if not ok]
+        if bad:
+            term = next((name for name in bad if name != "loss"), bad[0])
             raise NonFiniteLossError(
-                f"train/{('recon', 'kl')[term]} became NaN or infinite at step {step}; training stopped "
-                f"(last good checkpoint: {last_good_checkpoint(self.trainer)}). Try a lower optimizer.lr, "
+                f"train/{term} became NaN or infinite at step {self.counted_from + finite_steps}; training "
+                f"stopped (last good checkpoint: {last_good_checkpoint(self.trainer)}). Try a lower optimizer.lr, "
                 "trainer.gradient_clip_val=1.0, or trainer.precision=32-true"
             )
 

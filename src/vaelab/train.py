@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab import resume, run_info, startup
 from vaelab.callbacks.final_metrics import epoch_metrics
+from vaelab.cuda_probe import skip_failing_nvml_probe
 from vaelab.entry import (
+    instantiate_callbacks,
     instantiate_each,
     log,
     pin_run_dir,
@@ -30,6 +32,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
 
     ``extra_callbacks`` join those of the config (for programmatic use, e.g. benchmarks)."""
     startup.check(cfg, "train")
+    skip_failing_nvml_probe()
     pin_run_dir()
     ckpt_path, resume_callbacks = resume.prepare(cfg)  # (before any data is loaded)
     run_info.write(cfg, cfg.paths.output_dir)
@@ -37,7 +40,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = VAEModule.from_config(OmegaConf.to_container(cfg, resolve=True))
-    callbacks = [*instantiate_each(cfg.get("callbacks")), *extra_callbacks, *resume_callbacks]
+    callbacks = [*instantiate_callbacks(cfg), *extra_callbacks, *resume_callbacks]
     loggers = instantiate_each(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     refuse_ddp_in_multirun(trainer)
