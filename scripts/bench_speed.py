@@ -18,10 +18,10 @@
 All train the same model (built from the experiment's config), on the same data, with the same
 seed, batch size and number of epochs; (a) and (c) are then tested on the official test set (the
 negative ELBO per image, one z sample). Seconds per epoch are the median over the epochs after
-the first (which pays for warm-up), ``ratio_floor`` the median of the per-epoch ratios; vaelab's are its training steps' time (epoch start to its
-last batch), and with ``--whole-epoch`` also the whole epoch (training, validation, callbacks and
-checkpoints: from one epoch's start to the next's), whose share outside the training steps is
-``val_share``. The last line is machine-readable:
+the first (which pays for warm-up), ``ratio_floor`` the median of the per-epoch ratios; vaelab's
+are its training steps' time (epoch start to its last batch), and with ``--whole-epoch`` also the
+whole epoch (training, validation, callbacks and checkpoints: from one epoch's start to the
+next's), whose share outside the training steps is ``val_share``. The last line is machine-readable:
 
     ratio=<c/a> ratio_floor=<c/b> vaelab_s_per_epoch=<..> floor_s_per_epoch=<..> classic_s_per_epoch=<..> ...
     ... whole_epoch_s=<..> val_share=<..>   (with --whole-epoch)
