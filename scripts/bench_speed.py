@@ -9,9 +9,10 @@
     Adam, ``loss.item()`` every step;
 (b) floor: a plain PyTorch loop over the same on-device batches (``DeviceBatches``, the same
     shuffling), the same model and objective, the configured (fused) optimizer, nothing else:
-    no Lightning, no logging, no checkpoints: what vaelab's training loop cannot beat. Its epochs
-    alternate with vaelab's (one floor epoch before each vaelab epoch, on its own copy of the
-    model), so that a machine whose speed drifts slows both alike;
+    no Lightning, no logging, no checkpoints: what vaelab's training loop cannot beat. It trains
+    on its own copy of the model, in tenths of an epoch run between vaelab's steps (after each
+    tenth of vaelab's epoch, outside vaelab's time), so that a machine whose speed drifts within
+    seconds slows both alike;
 (c) vaelab: ``vaelab.train.train`` on the composed experiment config, the normal path, with its
     progress bar, logging, checkpoints and pictures on.
 
@@ -21,7 +22,7 @@ negative ELBO per image, one z sample). Seconds per epoch are the median over th
 the first (which pays for warm-up), ``ratio_floor`` the median of the per-epoch ratios; vaelab's
 are its training steps' time (epoch start to its last batch), and with ``--whole-epoch`` also the
 whole epoch (training, validation, callbacks and checkpoints: from one epoch's start to the
-next's), whose share outside the training steps is ``val_share``. The last line is machine-readable:
+next's, less the floor's steps), whose share outside the training steps is ``val_share``. The last line is machine-readable:
 
     ratio=<c/a> ratio_floor=<c/b> vaelab_s_per_epoch=<..> floor_s_per_epoch=<..> classic_s_per_epoch=<..> ...
     ... whole_epoch_s=<..> val_share=<..>   (with --whole-epoch)
@@ -30,6 +31,7 @@ next's), whose share outside the training steps is ``val_share``. The last line 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -130,7 +132,8 @@ def classic(cfg, device: torch.device, epochs: int) -> tuple[list[float], float]
 
 class Floor:
     """A plain loop over the same on-device batches (the same order), the same model, objective
-    and optimizer, and nothing else; ``epoch(i)`` trains epoch i and returns its seconds."""
+    and optimizer, and nothing else: ``start_epoch(i)`` shuffles epoch i's batches, ``run(n)``
+    trains the next n of them (all that are left: ``None``) and returns its seconds."""
 
     def __init__(self, cfg, device: torch.device):
         L.seed_everything(cfg.seed)
@@ -143,34 +146,36 @@ class Floor:
         self.optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
         self.train = datamodule.train_set
         self.images, self.labels = self.train.images.to(device), self.train.labels.to(device)
+        self.batches = iter(())
 
-    def epoch(self, epoch: int) -> float:
-        batches = DeviceBatches(self.images, self.labels, self.cfg.data.batch_size, shuffle=True, seed=self.cfg.seed,
-                                current_epoch=lambda: epoch, binarize=self.train.binarize)
+    def start_epoch(self, epoch: int) -> None:
+        self.batches = iter(DeviceBatches(self.images, self.labels, self.cfg.data.batch_size, shuffle=True,
+                                          seed=self.cfg.seed, current_epoch=lambda: epoch,
+                                          binarize=self.train.binarize))
+
+    def run(self, steps: int | None) -> float:
         sync(self.device)
         start = time.perf_counter()
         self.model.train()
-        for x, y in batches:
+        for x, y in itertools.islice(self.batches, steps):
             loss = self.model.terms(x, y).loss
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
         sync(self.device)
-        seconds = time.perf_counter() - start
-        print(f"floor epoch {epoch + 1}: {seconds:.2f} s", flush=True)
-        return seconds
+        return time.perf_counter() - start
 
 
 class EpochTimer(L.Callback):
     """Per epoch: the training steps' time (the epoch's start to its last batch's end) and the whole
     epoch's (one epoch's start to the next's, or to the end of training: validation, callbacks and
-    checkpoints included), synchronized with the device. With a ``floor``, one epoch of the plain
-    loop runs before each of vaelab's epochs, outside both times, so that each vaelab epoch has a
-    floor epoch beside it on a machine whose speed drifts (``ratio_floor`` is the median of the
-    pairs' ratios)."""
+    checkpoints included), synchronized with the device. With a ``floor``, the plain loop trains
+    the same epoch in ``chunks`` parts between vaelab's steps (after every tenth of vaelab's epoch,
+    outside both times), so that both loops see the same machine on one whose speed drifts within
+    seconds (``ratio_floor`` is the median of the epochs' ratios)."""
 
-    def __init__(self, floor: Floor | None = None):
-        self.floor = floor
+    def __init__(self, floor: Floor | None = None, chunks: int = 10):
+        self.floor, self.chunks = floor, chunks
         self.steps: list[float] = []
         self.whole: list[float] = []
         self.floor_steps: list[float] = []
@@ -182,18 +187,33 @@ class EpochTimer(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         now = self._now(pl_module)
         if self.steps:
-            self.whole.append(now - self.start)
+            self.whole.append(now - self.epoch_start - self.floor_seconds)
+        self.epoch_start = self.start = now
+        self.step_seconds = self.floor_seconds = 0.0
         if self.floor is not None:
-            self.floor_steps.append(self.floor.epoch(trainer.current_epoch))
-        self.start = self._now(pl_module)
+            self.floor.start_epoch(trainer.current_epoch)
+            self.chunk = max(trainer.num_training_batches // self.chunks, 1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx + 1 == trainer.num_training_batches:
-            self.steps.append(self._now(pl_module) - self.start)
-            print(f"vaelab epoch {len(self.steps)}: {self.steps[-1]:.2f} s of training steps", flush=True)
+        last = batch_idx + 1 == trainer.num_training_batches
+        if not (last or (self.floor is not None and (batch_idx + 1) % self.chunk == 0)):
+            return
+        now = self._now(pl_module)
+        self.step_seconds += now - self.start
+        if self.floor is not None:
+            floor = self.floor.run(None if last else self.chunk)
+            self.floor_seconds += floor
+            now += floor
+        self.start = now
+        if last:
+            self.steps.append(self.step_seconds)
+            print(f"vaelab epoch {len(self.steps)}: {self.step_seconds:.2f} s of training steps", flush=True)
+            if self.floor is not None:
+                self.floor_steps.append(self.floor_seconds)
+                print(f"floor epoch {len(self.floor_steps)}: {self.floor_seconds:.2f} s", flush=True)
 
     def on_train_end(self, trainer, pl_module):
-        self.whole.append(self._now(pl_module) - self.start)
+        self.whole.append(self._now(pl_module) - self.epoch_start - self.floor_seconds)
 
 
 def vaelab_run(cfg, floor: Floor | None) -> tuple[EpochTimer, float]:

@@ -4,17 +4,23 @@ against the eager one, and the per-step costs around them that vaelab trims."""
 import copy
 import ctypes
 
+import lightning as L
 import pytest
 import torch
 from conftest import DATA_ROOT, compose_config, read_metrics
 from hydra.utils import instantiate
+from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.profilers import SimpleProfiler
+from omegaconf import OmegaConf
 from test_maths import tiny_module
 
 from vaelab import cuda_probe
 from vaelab.callbacks import progress_bar
+from vaelab.callbacks.callback import Callback
+from vaelab.checkpoints import carry_optimizer_steps
 from vaelab.errors import ConfigError
 from vaelab.graph_step import GraphedStep, graph_safe_training_step
+from vaelab.module import VAEModule
 from vaelab.objectives import Terms
 from vaelab.profiler import NoProfiler
 from vaelab.train import train
@@ -23,6 +29,64 @@ FAST = ["debug=limit_batches", f"data.root={DATA_ROOT}", "trainer.enable_progres
         "trainer.accelerator=cpu", "trainer.deterministic=true"]
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 COMPARED = ("train/loss", "train/recon", "train/kl", "val/nelbo", "val/recon", "val/kl", "test/nelbo")
+
+
+@pytest.mark.parametrize(("overrides", "automatic"), [
+    ([], False), (["+trainer.gradient_clip_val=1.0"], True), (["+trainer.accumulate_grad_batches=2"], True),
+    (["scheduler=cosine"], True), (["experiment=dsprites_beta", "disent_model=factor_vae"], False),
+])
+def test_the_optimizer_steps_by_lightnings_automatic_optimization_only_where_the_run_needs_it(tmp_path, overrides,
+                                                                                              automatic):
+    """Clipping, accumulation and a scheduler are Lightning's automatic optimization's to do; every
+    other run steps manually (FactorVAE, which trains a discriminator too, always)."""
+    config = compose_config(tmp_path, [*FAST, *overrides])
+    module = VAEModule.from_config(OmegaConf.to_container(config, resolve=True))
+    module.trainer = instantiate(config.trainer, logger=False)
+    module.configure_model()
+    assert module.automatic_optimization is automatic
+
+
+def test_a_resume_keeps_the_step_count_of_whichever_optimization_path_counted_last():
+    """Lightning counts global_step in its automatic or its manual loop, whichever the run used: a
+    run resumed on the other path, and then on the first again, keeps its count. Catches: the count
+    carried only into a loop that has counted nothing (the second resume would go back to 10)."""
+    def progress(completed):
+        return {"total": {"ready": completed, "started": completed, "processed": completed, "completed": completed},
+                "current": {"ready": 0, "started": 0, "processed": 0, "completed": 0}}
+
+    loop = {"epoch_loop.automatic_optimization.optim_progress": {"optimizer": {"step": progress(10)}},
+            "epoch_loop.manual_optimization.optim_step_progress": progress(0)}
+    checkpoint = {"loops": {"fit_loop": loop}}
+    carry_optimizer_steps(checkpoint, manual=True)  # written by automatic optimization, resumed manually
+    assert loop["epoch_loop.manual_optimization.optim_step_progress"]["total"]["completed"] == 10
+    loop["epoch_loop.manual_optimization.optim_step_progress"] = progress(15)  # five manual steps later
+    carry_optimizer_steps(checkpoint, manual=False)  # resumed with clipping: automatic again
+    assert loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]["total"]["completed"] == 15
+    carry_optimizer_steps(checkpoint, manual=True)  # and back: nothing to carry
+    assert loop["epoch_loop.manual_optimization.optim_step_progress"]["total"]["completed"] == 15
+
+
+def test_lightning_calls_a_vaelab_callback_only_on_the_per_step_hooks_it_overrides():
+    """The per-step hooks a vaelab ``Callback`` leaves alone are None, which Lightning skips; those it
+    overrides (here on_train_batch_end, on a subclass of a subclass) are called at every step.
+    Catches: every per-step hook set to None, or a parent's override replaced by None."""
+    class Counting(Callback):
+        def __init__(self):
+            self.calls = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.calls += 1
+
+    class Child(Counting):
+        pass
+
+    callback = Child()
+    assert Child.on_before_backward is None and Child.on_train_batch_start is None
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[callback])
+    trainer.fit(BoringModel())
+    assert callback.calls == 3
 
 
 def test_compiled_terms_equal_the_eager_terms_and_gradients():
@@ -64,14 +128,19 @@ def test_the_epoch_sums_weigh_each_batch_by_its_size_and_count_the_steps_until_a
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("eager_path", "fast"), [
+    # Lightning's automatic optimization (asked for by clipping at a norm no gradient reaches: the
+    # gradients are multiplied by exactly 1) against the manual step of the default path
+    (["+trainer.gradient_clip_val=1.0e9"], []),
     (["compile=false"], ["compile=true"]),
     (["compile=false"], ["cuda_graph=true"]),
     pytest.param(*(["trainer.accelerator=gpu", "trainer.deterministic=false", *m] for m in (["compile=false"],
                                                                                             ["cuda_graph=true"])),
                  marks=GPU),
-], ids=["compiled", "cuda_graph", "cuda_graph-gpu"])
+], ids=["manual_step", "compiled", "cuda_graph", "cuda_graph-gpu"])
 def test_fast_run_matches_the_eager_run_and_resumes(tmp_path, eager_path, fast):
-    """(Without a GPU, cuda_graph=true runs its graph-safe step eagerly, with manual optimization.)"""
+    """(Without a GPU, cuda_graph=true runs its graph-safe step eagerly, with manual optimization.)
+    Catches for the manual step: no zero_grad (the gradients add up over steps), the step before
+    the backward pass, a resume that restarts the other path's step count."""
     metrics = {}
     for name, mode in (("eager", eager_path), ("fast", fast)):
         train(compose_config(tmp_path / name, [*FAST, *mode]))

@@ -7,11 +7,14 @@
 - ``upgrade(checkpoint)``: checkpoints written before the model was split from the
   LightningModule (vaelab 0.1.0: ``likelihood``, ``posterior`` and ``prior`` as top-level config
   groups, the parts' parameters at the module's top level, the posterior family as ``flow``)
-  are brought to the current layout, so they load and resume as before.
+  are brought to the current layout, so they load and resume as before;
+- ``carry_optimizer_steps(checkpoint, manual)``: the optimizer-step count of a checkpoint written
+  on the other optimization path (automatic or manual), for a resume that goes on counting.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +111,19 @@ def load_module(path: str | Path):
     module = VAEModule.from_config(checkpoint["hyper_parameters"]["config"])
     module.load_state_dict(checkpoint["state_dict"])
     return module
+
+
+def carry_optimizer_steps(checkpoint: dict, manual: bool) -> None:
+    """Lightning counts optimizer steps (global_step) in its automatic-optimization loop or in its
+    manual one (``VAEModule.configure_model`` chooses): a checkpoint written on the other path has
+    its count in the other loop, which is copied here so that a run resumed on either goes on
+    counting. (The loop that counted last has the larger count: a run resumed on one path, then on
+    the other, keeps its steps too.)"""
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not loop or "epoch_loop.manual_optimization.optim_step_progress" not in loop:
+        return
+    automatic = loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]
+    manual_steps = loop["epoch_loop.manual_optimization.optim_step_progress"]
+    source, target = (automatic, manual_steps) if manual else (manual_steps, automatic)
+    if source["total"]["completed"] > target["total"]["completed"]:
+        target.update(copy.deepcopy(source))

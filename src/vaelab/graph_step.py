@@ -20,7 +20,6 @@ tests exercise this path.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
@@ -92,17 +91,3 @@ def graph_safe_training_step(module) -> StepFunction:
         return module.record_step(t, len(x))
 
     return step
-
-
-def carry_optimizer_steps(checkpoint: dict, manual: bool) -> None:
-    """Lightning counts optimizer steps (global_step) in its automatic-optimization loop, or in its
-    manual one with cuda_graph=true: a checkpoint written with the other setting has its count in
-    the other loop, which is copied here so that a run resumed on either path goes on counting."""
-    loop = checkpoint.get("loops", {}).get("fit_loop")
-    if not loop or "epoch_loop.manual_optimization.optim_step_progress" not in loop:
-        return
-    automatic = loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"]
-    manual_steps = loop["epoch_loop.manual_optimization.optim_step_progress"]
-    source, target = (automatic, manual_steps) if manual else (manual_steps, automatic)
-    if target["total"]["completed"] == 0:
-        target.update(copy.deepcopy(source))

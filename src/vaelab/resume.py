@@ -31,6 +31,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.callbacks.callback import Callback
 from vaelab.checkpoints import read as read_checkpoint
 from vaelab.errors import ConfigError, VaelabError, instantiate
 
@@ -141,7 +142,7 @@ def _check_optimizer_keys(cfg: DictConfig, changes: dict[str, tuple]) -> None:
                           f"{type(probe).__name__}): drop it, or start a new run without ckpt_path")
 
 
-class OptimizerOverrides(L.Callback):
+class OptimizerOverrides(Callback):
     """Applies changed ``optimizer.*`` settings to the optimizer restored from the checkpoint,
     which would otherwise keep the checkpoint's values. A new ``lr`` multiplies the current
     learning rate (and the schedulers' base rates) by new / old, so a schedule in progress goes

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from vaelab.callbacks import epoch_end_step, tensorboard_writer
+from vaelab.callbacks.callback import Callback
 from vaelab.evaluation_tasks import (
     APPLICATIONS,
     CAPTIONS,
@@ -21,7 +22,7 @@ from vaelab.tensorboard import add_picture
 log = logging.getLogger("vaelab")
 
 
-class ApplicationTasks(L.Callback):
+class ApplicationTasks(Callback):
     """After the test, on rank 0, runs the ``tasks`` of ``vaelab.evaluation_tasks`` (samples,
     completion, representation, disentanglement) on the tested model, logs their metrics as test
     metrics (so they reach metrics.json and a sweep's summary) and draws their pictures in

@@ -10,6 +10,7 @@ import torch
 from torchmetrics import CatMetric
 
 from vaelab.callbacks import epoch_end_step, tensorboard_writer
+from vaelab.callbacks.callback import Callback
 from vaelab.metric_info import RunFacts, describe
 from vaelab.metrics import active_units, kl_per_dimension, mutual_information
 from vaelab.tensorboard import add_figure
@@ -17,7 +18,7 @@ from vaelab.tensorboard import add_figure
 log = logging.getLogger("vaelab")
 
 
-class LatentDiagnostics(L.Callback):
+class LatentDiagnostics(Callback):
     """From the Gaussian posteriors of all the stage's images (each evaluation step of the
     ``VAEModule`` returns its batch's; under DDP they are gathered from every process):
 

@@ -13,11 +13,12 @@ from collections import deque
 import lightning as L
 import torch
 
+from vaelab.callbacks.callback import Callback
 from vaelab.checkpoint_io import last_good_checkpoint
 from vaelab.errors import TrainingStopped
 
 
-class DivergenceGuard(L.Callback):
+class DivergenceGuard(Callback):
     """Watches the negative ELBO ``recon + kl`` (nats per image, whatever the objective's
     weights) and stops training when a reading exceeds
 

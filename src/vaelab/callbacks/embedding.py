@@ -6,10 +6,11 @@ import lightning as L
 import torch
 
 from vaelab.callbacks import epoch_end_step, tensorboard_writer
+from vaelab.callbacks.callback import Callback
 from vaelab.data.sources import class_names
 
 
-class LatentEmbedding(L.Callback):
+class LatentEmbedding(Callback):
     """At the end of training, logs the posterior means mu(x) of the first ``num_images`` test
     images with their class names and thumbnails (the PROJECTOR tab in TensorBoard), at the step of the
     last epoch's scalars and pictures (``epoch_end_step``). TensorBoard's projector opens on a 3-D

@@ -10,6 +10,7 @@ import lightning as L
 
 from vaelab import hparams
 from vaelab.callbacks import find_callback, tensorboard_writer
+from vaelab.callbacks.callback import Callback
 from vaelab.callbacks.diagnostics import LatentDiagnostics
 from vaelab.files import write_json_atomic
 from vaelab.metric_info import RunFacts, about, describe
@@ -34,7 +35,7 @@ def metric_order(name: str) -> tuple:
     return (0 if term == "nelbo" else 1 if stage == "test" else 2), rank, name
 
 
-class FinalMetrics(L.Callback):
+class FinalMetrics(Callback):
     """Writes ``metrics.json`` after training and again after testing (rank 0 only, atomically):
     every final epoch metric by its logged name (``val/nelbo``, ``test/nelbo``, ...), the KL of
     each latent dimension where the model defines it (``val/kl_per_dim``, ``test/kl_per_dim``),

@@ -9,13 +9,14 @@ import lightning as L
 import torch
 
 from vaelab.callbacks import epoch_end_step, tensorboard_writer
+from vaelab.callbacks.callback import Callback
 from vaelab.data.sources import class_names
 from vaelab.labelled_grid import labelled_grid
 from vaelab.representation import latent_scatter
 from vaelab.tensorboard import add_figure, add_image
 
 
-class LatentImages(L.Callback):
+class LatentImages(Callback):
     """Four labelled grids and a scatter plot per epoch, for a fixed set of validation images (test
     images when there is no validation split) and fixed prior draws, so that the pictures of
     successive epochs compare. Each carries its description (the (i) of its card in TensorBoard)

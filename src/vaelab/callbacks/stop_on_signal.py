@@ -15,13 +15,14 @@ import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vaelab.callbacks.callback import Callback
 from vaelab.errors import VaelabError
 
 log = logging.getLogger("vaelab")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class StopOnSignal(L.Callback):
+class StopOnSignal(Callback):
     """Builds on Lightning's SIGTERM handling: its handler only raises a flag (and passes the
     signal on to DDP child processes), and its loops stop at the end of the current training
     step (all processes at the same step), where this callback writes ``path`` (the run's

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import lightning as L
 
+from vaelab.callbacks.callback import Callback
 
-class TimedCheckpoint(L.Callback):
+
+class TimedCheckpoint(Callback):
     """Writes ``path`` (the run's ``last.ckpt``) whenever ``minutes`` of training have passed
     since the last checkpoint of any kind (epoch ends, every N steps, this one), at the end of a
     training step. The checkpoint is the same as the step checkpoints' (weights, optimizer, data

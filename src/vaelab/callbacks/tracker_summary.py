@@ -6,6 +6,7 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
+from vaelab.callbacks.callback import Callback
 from vaelab.callbacks.final_metrics import epoch_metrics
 
 
@@ -21,7 +22,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-class TrackerSummary(L.Callback):
+class TrackerSummary(Callback):
     """At the start of training, logs the run's resolved config, flattened (``model/latent_dim``,
     ``objective/beta``, ...), as each tracker's hyperparameters; at the end of the run (after
     testing when ``tested``, else after training) logs the final metrics as ``final/<name>``

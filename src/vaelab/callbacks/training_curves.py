@@ -6,10 +6,11 @@ from __future__ import annotations
 import lightning as L
 
 from vaelab.callbacks import tensorboard_writer
+from vaelab.callbacks.callback import Callback
 from vaelab.tensorboard import add_layout
 
 
-class TrainingCurves(L.Callback):
+class TrainingCurves(Callback):
     """At the first training batch, writes the CUSTOM SCALARS layout:
 
     - "negative ELBO (nats/image): train vs val": ``train/nelbo`` and ``val/nelbo``;
