@@ -147,6 +147,7 @@ class Floor:
         self.train = datamodule.train_set
         self.images, self.labels = self.train.images.to(device), self.train.labels.to(device)
         self.batches = iter(())
+        self.rng = torch.get_rng_state()  # its own noise: vaelab's run draws what it draws without the floor
 
     def start_epoch(self, epoch: int) -> None:
         self.batches = iter(DeviceBatches(self.images, self.labels, self.cfg.data.batch_size, shuffle=True,
@@ -154,16 +155,20 @@ class Floor:
                                           binarize=self.train.binarize))
 
     def run(self, steps: int | None) -> float:
-        sync(self.device)
-        start = time.perf_counter()
-        self.model.train()
-        for x, y in itertools.islice(self.batches, steps):
-            loss = self.model.terms(x, y).loss
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        sync(self.device)
-        return time.perf_counter() - start
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.set_rng_state(self.rng)
+            sync(self.device)
+            start = time.perf_counter()
+            self.model.train()
+            for x, y in itertools.islice(self.batches, steps):
+                loss = self.model.terms(x, y).loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+            sync(self.device)
+            seconds = time.perf_counter() - start
+            self.rng = torch.get_rng_state()
+        return seconds
 
 
 class EpochTimer(L.Callback):
