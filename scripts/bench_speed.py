@@ -22,7 +22,8 @@ negative ELBO per image, one z sample). Seconds per epoch are the median over th
 the first (which pays for warm-up), ``ratio_floor`` the median of the per-epoch ratios; vaelab's
 are its training steps' time (epoch start to its last batch), and with ``--whole-epoch`` also the
 whole epoch (training, validation, callbacks and checkpoints: from one epoch's start to the
-next's, less the floor's steps), whose share outside the training steps is ``val_share``. The last line is machine-readable:
+next's, less the floor's steps), whose share outside the training steps is ``val_share``. The
+last line is machine-readable:
 
     ratio=<c/a> ratio_floor=<c/b> vaelab_s_per_epoch=<..> floor_s_per_epoch=<..> classic_s_per_epoch=<..> ...
     ... whole_epoch_s=<..> val_share=<..>   (with --whole-epoch)
@@ -206,9 +207,8 @@ class EpochTimer(L.Callback):
         now = self._now(pl_module)
         self.step_seconds += now - self.start
         if self.floor is not None:
-            floor = self.floor.run(None if last else self.chunk)
-            self.floor_seconds += floor
-            now += floor
+            self.floor_seconds += self.floor.run(None if last else self.chunk)
+            now = self._now(pl_module)
         self.start = now
         if last:
             self.steps.append(self.step_seconds)
