@@ -16,7 +16,7 @@ class Callback(L.Callback):
     Lightning calls every callback's hook, overridden or not (an empty method of
     ``lightning.Callback``), five or six times a training step, each call with a look-up of the
     callback's ``state_key`` and a profiler context: for a dozen callbacks ~60 calls of empty
-    methods a step, ~2% of an MLP step on the reference CPU. It calls only hooks that are callable,
+    methods a step, 1-2% of an MLP step on the reference CPU. It calls only hooks that are callable,
     so a subclass's per-step hooks that are still ``lightning.Callback``'s are set to ``None`` here
     (its other hooks, called a few times an epoch, are left alone)."""
 
