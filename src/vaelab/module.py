@@ -148,9 +148,7 @@ class VAEModule(L.LightningModule):
         graph's tensors."""
         if self.discriminator is not None:
             manual = [(self.cuda_graph, "cuda_graph=true: use cuda_graph=false"),
-                      (self.scheduler_factory is not None, "a learning-rate scheduler: use scheduler=null"),
-                      (trainer.gradient_clip_val not in (None, 0), "trainer.gradient_clip_val: leave it unset"),
-                      (trainer.accumulate_grad_batches != 1, "trainer.accumulate_grad_batches: leave it at 1")]
+                      *((asked, f"{what}: {fix}") for asked, what, fix in self._automatic_only(trainer))]
             for refused, what in manual:
                 if refused:
                     raise ConfigError(f"objective={self.objective.name} trains its discriminator by manual "
@@ -159,9 +157,7 @@ class VAEModule(L.LightningModule):
             return
         refusals = [
             (self.objective.kl_schedule.uses_step, "a KL schedule that changes with the step"),
-            (self.scheduler_factory is not None, "a learning-rate scheduler"),
-            (trainer.gradient_clip_val not in (None, 0), "trainer.gradient_clip_val"),
-            (trainer.accumulate_grad_batches != 1, "trainer.accumulate_grad_batches"),
+            *((asked, what) for asked, what, _ in self._automatic_only(trainer)),
             (trainer.world_size > 1 or trainer.num_nodes > 1,
              "DDP (trainer.strategy, trainer.devices other than 1, trainer.num_nodes)"),
         ]
@@ -169,6 +165,13 @@ class VAEModule(L.LightningModule):
             if refused:
                 raise ConfigError(f"cuda_graph=true does not support {what}: use cuda_graph=false "
                                   "(the compiled step) for this run")
+
+    def _automatic_only(self, trainer: L.Trainer) -> list[tuple[bool, str, str]]:
+        """What only Lightning's automatic optimization does for a run: (asked for, the setting, how
+        to leave it out)."""
+        return [(self.scheduler_factory is not None, "a learning-rate scheduler", "use scheduler=null"),
+                (trainer.gradient_clip_val not in (None, 0), "trainer.gradient_clip_val", "leave it unset"),
+                (trainer.accumulate_grad_batches != 1, "trainer.accumulate_grad_batches", "leave it at 1")]
 
     def configure_model(self) -> None:
         """Called by Lightning before each fit/test: how the optimizer steps, compilation and step
@@ -181,8 +184,7 @@ class VAEModule(L.LightningModule):
         no zero-grad hooks), 4% of an MLP step on the reference CPU."""
         trainer = self._trainer
         if trainer is not None and self.discriminator is None and not self.cuda_graph:
-            self.automatic_optimization = (self.scheduler_factory is not None or trainer.accumulate_grad_batches != 1
-                                           or trainer.gradient_clip_val not in (None, 0))
+            self.automatic_optimization = any(asked for asked, _, _ in self._automatic_only(trainer))
         device = trainer.strategy.root_device if trainer is not None else self.device
         compiled = self.compile_setting is True or (self.compile_setting == "auto" and device.type == "cuda")
         if compiled and self.vae._forward == self.vae._eager_forward:
