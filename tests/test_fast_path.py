@@ -10,11 +10,12 @@ import torch
 from conftest import DATA_ROOT, compose_config, read_metrics
 from hydra.utils import instantiate
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.profilers import SimpleProfiler
 from omegaconf import OmegaConf
 from test_maths import tiny_module
 
-from vaelab import cuda_probe
+from vaelab import cuda_probe, direct_step
 from vaelab.callbacks import progress_bar
 from vaelab.callbacks.callback import Callback
 from vaelab.checkpoints import carry_optimizer_steps
@@ -44,6 +45,50 @@ def test_the_optimizer_steps_by_lightnings_automatic_optimization_only_where_the
     module.trainer = instantiate(config.trainer, logger=False)
     module.configure_model()
     assert module.automatic_optimization is automatic
+
+
+class OptimizerStepListener(L.Callback):
+    """Counts the optimizer steps it hears of (Lightning's on_before_optimizer_step)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.calls += 1
+
+
+@pytest.mark.parametrize(("settings", "direct"), [
+    ({}, True), ({"precision": "bf16-mixed"}, True), ({"precision": "bf16-true"}, True),
+    ({"callbacks": [OptimizerStepListener()]}, False), ({"strategy": "ddp", "devices": 1}, False),
+    ({"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}, False),
+], ids=["default", "bf16-mixed", "bf16-true", "listener", "ddp", "loss-scaling"])
+def test_the_manual_step_leaves_out_lightnings_layers_only_where_they_would_do_nothing(settings, direct):
+    """One device, no loss scaling and no hook of the backward pass or optimizer step overridden:
+    backward() and step() directly. Catches: a listening callback, gradient synchronisation or a
+    loss scaler left out of the decision."""
+    module = tiny_module()
+    module.trainer = L.Trainer(accelerator="cpu", logger=False, **settings)
+    module.configure_model()
+    assert module.automatic_optimization is False and module.steps_directly is direct
+
+
+@pytest.mark.slow
+def test_the_direct_step_trains_and_counts_steps_as_lightnings_manual_step(tmp_path, monkeypatch):
+    """A run with a callback listening to the optimizer step keeps Lightning's manual step (the
+    callback hears every step); the same run without it steps directly, to the same metrics and
+    global_step. Catches: the direct step not counted by Lightning's loop (global_step 0, no
+    step checkpoint), the listener not heard (the direct step taken anyway)."""
+    direct_steps = []
+    monkeypatch.setattr(direct_step, "step", lambda optimizer, step=direct_step.step: (direct_steps.append(1),
+                                                                                       step(optimizer)))
+    listener = OptimizerStepListener()
+    train(compose_config(tmp_path / "lightning", FAST), extra_callbacks=[listener])
+    assert not direct_steps
+    train(compose_config(tmp_path / "direct", FAST))
+    lightning, direct = (read_metrics(tmp_path / name / "run") for name in ("lightning", "direct"))
+    assert listener.calls == len(direct_steps) == lightning["global_step"] == direct["global_step"] > 0
+    for name in COMPARED:
+        assert direct[name] == pytest.approx(lightning[name], rel=1e-6), name
 
 
 def test_a_resume_keeps_the_step_count_of_whichever_optimization_path_counted_last():

@@ -1,6 +1,7 @@
 """Probes and clusters of latents that encode the label exactly (scores 1) or not at all (chance),
 and the pictures of the latent space."""
 
+import matplotlib.colors
 import numpy as np
 import pytest
 import torch
@@ -85,6 +86,21 @@ def test_latent_scatter_draws_every_class_of_a_subsample():
     (ax,) = fig.axes
     assert sum(len(c.get_offsets()) for c in ax.collections) == 500
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"digit {c}" for c in range(CLASSES)]
+
+
+def test_latent_scatter_colours_each_point_as_its_label_in_the_legend():
+    """Two-dimensional latents (drawn as they are) whose first coordinate is the label, labels out
+    of order: each point has its label's legend colour. Catches colours taken in the data's order
+    rather than the label's."""
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(4), 5))
+    z = np.stack([labels, np.zeros(len(labels))], 1).astype(float)
+    fig = latent_scatter(z, labels, ["a", "b", "c", "d"])
+    (ax,) = fig.axes
+    legend = {text.get_text(): handle.get_color() for text, handle in zip(ax.get_legend().get_texts(),
+                                                                        ax.get_legend().legend_handles)}
+    (points,) = ax.collections
+    for (x, _), colour in zip(points.get_offsets(), points.get_facecolors()):
+        assert tuple(colour[:3]) == pytest.approx(matplotlib.colors.to_rgb(legend["abcd"[int(x)]]))
 
 
 class LinearDecoder:

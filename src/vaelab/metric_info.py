@@ -88,7 +88,8 @@ def _evaluation(term: str, facts: RunFacts) -> str:
         "active_units": "count; latent dimensions d with Var_x(E[z_d|x]) > 0.01 (Burda et al. 2016), "
                         + _LATENT[facts.latent],
         "mi": "nats; the mutual information I(x; z) under the aggregate posterior of the stage's images "
-              f"(at most log N), {_LATENT[facts.latent]}",
+              f"(at most log N; in validation E log q(z) is averaged over the z of a fixed subset of "
+              f"images, the mixture over all), {_LATENT[facts.latent]}",
         "kl_per_dim": "nats/image per dimension; KL(q(z_d|x) || N(0, 1)) averaged over images; only where the "
                       "model's KL is the sum of these closed forms (Gaussian posterior, N(0, I) prior, one layer)",
         "kl_z1": f"{NATS}; the lower layer's KL(q(z1|x, z2) || p(z1|z2)) (model=hierarchical)",

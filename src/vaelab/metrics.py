@@ -52,7 +52,7 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
 
 
 def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
-                       chunk: int = 256) -> float:
+                       chunk: int = 256, samples: int | None = None) -> float:
     """I(x; z) under the aggregate posterior q(z) = (1/N) sum_n q(z|x_n) of the N images given:
 
         I = E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)],
@@ -65,18 +65,22 @@ def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.
                           = [z_i^2, z_i, 1] . [1/s_n^2, -2 m_n / s_n^2, c_n],
 
     in float64 (no [N, N, D] tensor, no elementwise pass over the N x N values besides the
-    logsumexp), ``chunk`` rows of z at a time (a [chunk, N] block that stays in cache: 0.09 s
-    for N = 5,000, D = 20 on two CPU threads)."""
+    logsumexp), ``chunk`` rows of z at a time (0.07-0.13 s for N = 5,000, D = 20 on two CPU
+    threads). With ``samples`` < N, E_q(z)[log q(z)] is averaged over the z of that many images
+    (drawn with ``generator``; log q(z_i) still sums over all N posteriors, so the estimate keeps
+    its expectation and its log N bound and only its variance grows): N / samples times cheaper."""
     n, d = mu.shape
     mu, logvar = mu.double(), logvar.double()
     neg_entropy = (-0.5 * d * math.log(2 * math.pi) - 0.5 * (1 + logvar).sum(1)).mean()
     eps = torch.randn(mu.shape, generator=generator, device="cpu").to(mu.device, mu.dtype)
     z = mu + (0.5 * logvar).exp() * eps
+    if samples is not None and samples < n:
+        z = z[torch.randperm(n, generator=generator)[:samples].to(mu.device)]
     inv_var = (-logvar).exp()  # [N, D]
     scaled_mu = mu * inv_var
     const = (mu * scaled_mu).sum(1) + logvar.sum(1) + d * math.log(2 * math.pi)  # [N]
     weights = -0.5 * torch.cat([inv_var, -2 * scaled_mu, const[:, None]], 1).T  # [2D + 1, N]
-    features = torch.cat([z**2, z, torch.ones_like(z[:, :1])], 1)  # [N, 2D + 1]
+    features = torch.cat([z**2, z, torch.ones_like(z[:, :1])], 1)  # [samples, 2D + 1]
     log_qz = torch.cat([torch.logsumexp(rows @ weights, dim=1) for rows in features.split(chunk)]) - math.log(n)
     return float(neg_entropy - log_qz.mean())
 

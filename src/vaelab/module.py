@@ -11,7 +11,8 @@ sum, so the steps whose sums are still finite are counted to find the first that
 per-step values are logged only every ``trainer.log_every_n_steps`` steps, and a non-finite loss
 is looked for at those moments too. The optimizer steps by Lightning's manual optimization,
 or its automatic one where the run clips or accumulates gradients or schedules the learning rate
-(``configure_model``). With ``compile`` on, the deterministic part of a pass goes through
+(``configure_model``), without Lightning's layers around backward() and step() where they
+would do nothing for the run (``vaelab.direct_step``). With ``compile`` on, the deterministic part of a pass goes through
 ``torch.compile`` (``VAE.use_compiled_step``); with ``cuda_graph`` on, the step is recorded and
 replayed as a CUDA graph (``vaelab.graph_step``).
 
@@ -33,6 +34,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from vaelab import direct_step
 from vaelab.checkpoint_io import last_good_checkpoint
 from vaelab.errors import ConfigError, VaelabError, instantiate
 from vaelab.graph_step import GraphedStep, graph_safe_training_step
@@ -77,6 +79,7 @@ class VAEModule(L.LightningModule):
         self.discriminator = objective.discriminator
         self.automatic_optimization = not (self.cuda_graph or self.discriminator is not None)
         self.graph_step: GraphedStep | None = None
+        self.steps_directly = False  # without Lightning's layers around backward() and step() (configure_model)
         layers = tuple(f"kl_{name}" for name in (("z1", "z2") if vae.ladder is not None else ()))
         self.train_terms = (*TRAIN_TERMS, *layers, *objective.extra_terms)
         eval_terms = (*EVAL_TERMS, *layers, *(("error",) if vae.semi_supervised else ()))
@@ -181,10 +184,14 @@ class VAEModule(L.LightningModule):
         step, the order of the automatic loop, so the same arithmetic) unless the run clips or
         accumulates gradients or schedules the learning rate, which Lightning's automatic optimization
         does for it: the manual step passes through fewer of Lightning's layers and hooks (no closure,
-        no zero-grad hooks), 4% of an MLP step on the reference CPU."""
+        no zero-grad hooks), 4% of an MLP step on the reference CPU; and where Lightning's layers
+        around backward() and step() would do nothing else for the run, without them
+        (``vaelab.direct_step``, another 4-5%)."""
         trainer = self._trainer
         if trainer is not None and self.discriminator is None and not self.cuda_graph:
             self.automatic_optimization = any(asked for asked, _, _ in self._automatic_only(trainer))
+        self.steps_directly = (trainer is not None and not self.automatic_optimization
+                               and direct_step.steps_directly(trainer, self))
         device = trainer.strategy.root_device if trainer is not None else self.device
         compiled = self.compile_setting is True or (self.compile_setting == "auto" and device.type == "cuda")
         if compiled and self.vae._forward == self.vae._eager_forward:
@@ -266,14 +273,18 @@ class VAEModule(L.LightningModule):
         VAE's steps only."""
         optimizers = self.optimizers()
         vae_optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
+        backward = torch.Tensor.backward if self.steps_directly else self.manual_backward
         vae_optimizer.zero_grad()
-        self.manual_backward(t.loss)
-        vae_optimizer.step()
+        backward(t.loss)
+        if self.steps_directly:
+            direct_step.step(vae_optimizer)
+        else:
+            vae_optimizer.step()
         if self.discriminator is not None:
             discriminator_optimizer = optimizers[1]
             discriminator_loss = self.discriminator.loss(t.latents)
             discriminator_optimizer.zero_grad()
-            self.manual_backward(discriminator_loss)
+            backward(discriminator_loss)
             discriminator_optimizer.optimizer.step()
 
     def record_step(self, t: Terms, batch_size: int) -> torch.Tensor:

@@ -23,7 +23,10 @@ class LatentDiagnostics(Callback):
     ``VAEModule`` returns its batch's; under DDP they are gathered from every process):
 
     - ``<stage>/active_units``: dimensions d with Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2016);
-    - ``<stage>/mi``: I(x; z) under the aggregate posterior (``metrics.mutual_information``);
+    - ``<stage>/mi``: I(x; z) under the aggregate posterior (``metrics.mutual_information``; in
+      validation, E_q(z)[log q(z)] over the z of ``mi_samples`` images, the same images each time,
+      against the mixture of all the posteriors: N / mi_samples times cheaper, with the same
+      expectation and a larger variance; in testing, over every image);
     - the KL of each latent dimension, KL(q(z_d|x) || N(0, 1)) averaged over images, only where it
       is the model's KL (``VAE.closed_form_kl``: Gaussian posterior, standard-normal prior, one
       latent layer): kept in ``kl_per_dim`` for metrics.json and drawn in TensorBoard as the bar
@@ -36,8 +39,9 @@ class LatentDiagnostics(Callback):
     information.
     """
 
-    def __init__(self, collapse_nats: float = 0.1):
+    def __init__(self, collapse_nats: float = 0.1, mi_samples: int | None = 2000):
         self.collapse_nats = collapse_nats
+        self.mi_samples = mi_samples
         self.posteriors: dict[str, CatMetric] = {}
         self.kl_per_dim: dict[str, torch.Tensor] = {}  # latest per stage, for metrics.json
 
@@ -57,7 +61,8 @@ class LatentDiagnostics(Callback):
             return
         mu, logvar = posteriors.chunk(2, dim=1)
         pl_module.log_dict({f"{stage}/active_units": float(active_units(mu)),
-                            f"{stage}/mi": mutual_information(mu, logvar, torch.Generator().manual_seed(0))},
+                            f"{stage}/mi": mutual_information(mu, logvar, torch.Generator().manual_seed(0),
+                                                              samples=self.mi_samples if stage == "val" else None)},
                            on_step=False, on_epoch=True)
         if pl_module.vae.closed_form_kl:
             self.kl_per_dim[stage] = kl_per_dimension(mu, logvar).cpu()
@@ -107,7 +112,10 @@ def bar_chart(kl):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(max(5, len(kl) * 0.3), 3.2))
+    width, height = max(5, len(kl) * 0.3), 3.2
+    fig, ax = plt.subplots(figsize=(width, height))
+    # fixed margins (inches) rather than tight_layout, which took half the chart's time at every validation
+    fig.subplots_adjust(left=0.95 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.55 / height)
     # (a diverged model's non-finite values are left out rather than crash the plot)
     ax.bar(range(len(kl)), torch.where(torch.isfinite(kl), kl, torch.nan).numpy())
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -116,5 +124,4 @@ def bar_chart(kl):
     ax.set_ylabel("KL(q(z_d|x) || N(0, 1))\n(nats/image)")
     ax.set_title(f"KL per latent dimension, validation\n(total {float(kl.sum()):.2f} nats/image)", fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
     return fig
