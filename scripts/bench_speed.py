@@ -22,8 +22,8 @@ negative ELBO per image, one z sample). Seconds per epoch are the median over th
 the first (which pays for warm-up), ``ratio_floor`` the median of the per-epoch ratios; vaelab's
 are its training steps' time (epoch start to its last batch), and with ``--whole-epoch`` also the
 whole epoch (training, validation, callbacks and checkpoints: from one epoch's start to the
-next's, less the floor's steps), whose share outside the training steps is ``val_share``. The
-last line is machine-readable:
+next's, less the floor's steps), whose share outside the training steps is ``val_share`` (the
+median of the epochs' shares). The last line is machine-readable:
 
     ratio=<c/a> ratio_floor=<c/b> vaelab_s_per_epoch=<..> floor_s_per_epoch=<..> classic_s_per_epoch=<..> ...
     ... whole_epoch_s=<..> val_share=<..>   (with --whole-epoch)
@@ -273,8 +273,10 @@ def main(argv=None) -> None:
     line.update(vaelab_s_per_epoch=v, vaelab_images_per_s=n_train / v, **results)
     if args.whole_epoch:
         whole = seconds_per_epoch(timer.whole)
-        print(f"whole epoch: {whole:.3f} s, of which {whole - v:.3f} s outside the training steps")
-        line.update(whole_epoch_s=whole, val_share=(whole - v) / whole)
+        outside = seconds_per_epoch([w - s for w, s in zip(timer.whole, timer.steps)])
+        print(f"whole epoch: {whole:.3f} s, of which {outside:.3f} s outside the training steps")
+        line.update(whole_epoch_s=whole,
+                    val_share=seconds_per_epoch([(w - s) / w for w, s in zip(timer.whole, timer.steps)]))
     line["vaelab_test_nelbo"] = vaelab_nelbo
     if "classic_s_per_epoch" in results:
         line["classic_test_nelbo"] = classic_nelbo

