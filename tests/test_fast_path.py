@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import DATA_ROOT, compose_config, read_metrics
 from hydra.utils import instantiate
+from lightning.pytorch import callbacks as lightning_callbacks
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.profilers import SimpleProfiler
@@ -18,6 +19,7 @@ from test_maths import tiny_module
 from vaelab import cuda_probe, direct_step
 from vaelab.callbacks import progress_bar
 from vaelab.callbacks.callback import Callback
+from vaelab.callbacks.model_checkpoint import ModelCheckpoint
 from vaelab.checkpoints import carry_optimizer_steps
 from vaelab.errors import ConfigError
 from vaelab.graph_step import GraphedStep, graph_safe_training_step
@@ -132,6 +134,29 @@ def test_lightning_calls_a_vaelab_callback_only_on_the_per_step_hooks_it_overrid
                         callbacks=[callback])
     trainer.fit(BoringModel())
     assert callback.calls == 3
+
+
+@pytest.mark.parametrize("settings", [{"monitor": "val/nelbo", "mode": "min", "save_last": True},
+                                      {"save_top_k": 0, "save_last": True, "every_n_train_steps": 3}],
+                         ids=["best", "every_3_steps"])
+def test_vaelabs_model_checkpoint_keeps_lightnings_state_key_and_saves_at_the_same_steps(tmp_path, settings):
+    """vaelab's ModelCheckpoint formats its state key once and has no batch-end hook where it saves
+    neither every N steps nor on a timer: the key is Lightning's (checkpoints of either resume
+    with the other), and it saves at the same steps in a run (6 steps, validation at the end).
+    Catches: a key of its own (a resume would lose the callback's state), the batch-end hook
+    dropped from a checkpoint saved every N steps (no save at step 3)."""
+    ours, theirs = ModelCheckpoint(dirpath=tmp_path, **settings), lightning_callbacks.ModelCheckpoint(**settings)
+    assert ours.state_key == theirs.state_key
+    saved = {}
+    for name, callback in (("ours", ModelCheckpoint(dirpath=tmp_path / "ours", **settings)),
+                           ("theirs", lightning_callbacks.ModelCheckpoint(dirpath=tmp_path / "theirs", **settings))):
+        steps = saved[name] = []
+        callback._save_checkpoint = lambda trainer, path, steps=steps: steps.append(trainer.global_step)
+        module = BoringModel()
+        module.validation_step = lambda batch, batch_idx, module=module: module.log("val/nelbo", 1.0)
+        L.Trainer(max_epochs=1, limit_train_batches=6, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, callbacks=[callback]).fit(module)
+    assert saved["ours"] == saved["theirs"] and saved["ours"]
 
 
 def test_compiled_terms_equal_the_eager_terms_and_gradients():

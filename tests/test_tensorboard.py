@@ -272,17 +272,21 @@ def test_condition_every_layer_gives_the_label_to_the_layers_after_the_first(dec
 
 
 def test_only_the_known_library_noise_is_silenced(caplog):
-    """Catches: a blanket warnings filter (another FutureWarning, or the same text from elsewhere,
-    must still show) and the LitLogger tip getting through."""
+    """Catches: a blanket warnings filter (another FutureWarning or UserWarning, or the same text
+    from elsewhere, must still show) and the LitLogger tip getting through."""
     message = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
+    advice = ("Using ModelCheckpoint with manual optimization and every_n_train_steps, but no pre-optimization "
+              "state was saved.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_library_noise()
-        for module, text in (("lightning.pytorch.utilities._pytree", message),
-                             ("vaelab.somewhere", message),
-                             ("lightning.pytorch.utilities._pytree", "another deprecation")):
-            warnings.warn_explicit(text, FutureWarning, "x.py", 1, module=module, registry={})
-    assert [(str(w.message)) for w in caught] == [message, "another deprecation"]
+        for module, text, category in (("lightning.pytorch.utilities._pytree", message, FutureWarning),
+                                       ("vaelab.somewhere", message, FutureWarning),
+                                       ("lightning.pytorch.utilities._pytree", "another deprecation", FutureWarning),
+                                       ("lightning.pytorch.callbacks.model_checkpoint", advice, UserWarning),
+                                       ("lightning.pytorch.callbacks.model_checkpoint", "other advice", UserWarning)):
+            warnings.warn_explicit(text, category, "x.py", 1, module=module, registry={})
+    assert [(str(w.message)) for w in caught] == [message, "another deprecation", "other advice"]
     with caplog.at_level(logging.INFO):
         rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
         rank_zero.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]")

@@ -33,11 +33,16 @@ log = logging.getLogger("vaelab")
 
 def quiet_library_noise() -> None:
     """Silence what the libraries print that tells a vaelab user nothing, precisely: Lightning's
-    tip advertising its LitLogger, and the deprecation that torch raises inside Lightning's own
-    code (``lightning.pytorch.utilities._pytree`` building a ``LeafSpec``), which no setting of
-    vaelab's can avoid. Every other warning still shows."""
+    tip advertising its LitLogger; the deprecation that torch raises inside Lightning's own code
+    (``lightning.pytorch.utilities._pytree`` building a ``LeafSpec``), which no setting of
+    vaelab's can avoid; and ModelCheckpoint's 13-line advice, at every step checkpoint of a run
+    under manual optimization (vaelab's default), to keep the weights from before the step: the
+    step checkpoint holds the state after step N, as under automatic optimization, which is what
+    a resume at step N needs. Every other warning still shows."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps",
+                            category=UserWarning, module=r"lightning\.pytorch\.callbacks\.model_checkpoint")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_litlogger_tip)
 
 
