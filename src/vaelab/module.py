@@ -11,10 +11,10 @@ sum, so the steps whose sums are still finite are counted to find the first that
 per-step values are logged only every ``trainer.log_every_n_steps`` steps, and a non-finite loss
 is looked for at those moments too. The optimizer steps by Lightning's manual optimization,
 or its automatic one where the run clips or accumulates gradients or schedules the learning rate
-(``configure_model``), without Lightning's layers around backward() and step() where they
-would do nothing for the run (``vaelab.direct_step``). With ``compile`` on, the deterministic part of a pass goes through
-``torch.compile`` (``VAE.use_compiled_step``); with ``cuda_graph`` on, the step is recorded and
-replayed as a CUDA graph (``vaelab.graph_step``).
+(``configure_model``), without Lightning's layers around backward() and step() where they would
+do nothing for the run (``vaelab.direct_step``). With ``compile`` on, the deterministic part of
+a pass goes through ``torch.compile`` (``VAE.use_compiled_step``); with ``cuda_graph`` on, the
+step is recorded and replayed as a CUDA graph (``vaelab.graph_step``).
 
 Validation and test report the true ELBO (``nelbo = recon + kl``, beta = 1, one sample; of
 log p(x|y) for a conditional model, of log p(x) with the label marginalized for M2) whatever the
