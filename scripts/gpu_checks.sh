@@ -6,7 +6,9 @@
 #                                               # the CUDA-graph step, cifar10_conv at bf16 (about 7 min)
 #   bash scripts/gpu_checks.sh families [MIN]   # issue #6: the four families and M2 at the same time on the
 #                                               # one GPU, MIN minutes of training each (default 3; ~MIN+1.5 min)
-#   bash scripts/gpu_checks.sh all [MIN]        # smoke, speed and families
+#   bash scripts/gpu_checks.sh sweep            # issue #18: four small jobs on the one GPU at once
+#                                               # (hydra/launcher=joblib_gpus) against one at a time (~2 min)
+#   bash scripts/gpu_checks.sh all [MIN]        # smoke, speed, families and sweep
 # Needs .gpu/ from scripts/gpu_carry.sh (carried: the device tool's carry=[".gpu"]). Writes summary.md
 # and logs.tar.gz (every command's whole output) to $OUT (the device tool's folder that comes back),
 # else to outputs/gpu_checks. For a smoke run of this script without a GPU: ACCELERATOR=cpu
@@ -111,5 +113,14 @@ if [[ $phase == families || $phase == all ]]; then
     "${overrides[@]}"
   wait $m2; echo "## m2 (exit $?): $(grep -o "'test/error': [0-9.]*" "$logs/m2.log" | tail -1)" | tee -a "$summary"
   cp outputs/compare_families/*.log "$logs/" 2>/dev/null
+fi
+if [[ $phase == sweep || $phase == all ]]; then
+  # the same four 2-epoch jobs one after another, then four at once on the GPU (sweep.jobs_per_gpu=4):
+  # the speed-up is the ratio of the two steps' seconds
+  jobs=(experiment=mnist_seed "trainer.accelerator=$accelerator" trainer.max_epochs=2 test=false
+        trainer.enable_progress_bar=false "objective.beta=1,2,3,4" "${overrides[@]}")
+  TAIL=2 step sweep_one_at_a_time python3 -m vaelab.train -m "${jobs[@]}" hydra.sweep.dir=outputs/gpu_sweep/sequential
+  TAIL=2 step sweep_four_at_once python3 -m vaelab.train -m hydra/launcher=joblib_gpus sweep.jobs_per_gpu=4 "${jobs[@]}" \
+    hydra.sweep.dir=outputs/gpu_sweep/parallel
 fi
 tar -czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$logs"

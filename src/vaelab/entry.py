@@ -27,6 +27,7 @@ from vaelab.errors import (
     user_error,
 )
 from vaelab.files import no_space_error, write_json_atomic
+from vaelab.sweep_gpus import jobs_at_once
 
 log = logging.getLogger("vaelab")
 
@@ -80,6 +81,7 @@ def accepted_groups(config_name: str) -> str:
 
 
 OmegaConf.register_new_resolver("vaelab_config_groups", accepted_groups, replace=True)
+OmegaConf.register_new_resolver("vaelab_jobs_at_once", jobs_at_once, replace=True)
 
 
 def _multirun() -> bool:

@@ -144,6 +144,7 @@ TRAIN: dict[str, Rule] = {
     "compile_mode": Choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", null=True),
     "cuda_graph": Bool(),
     "ckpt_path": Text(null=True),
+    "sweep.jobs_per_gpu": Int(min=1),
     "test": Bool(),
     "optimized_metric": Text(null=True),
     "eval.iw_samples": Int(min=0),

@@ -75,16 +75,26 @@ def check_joblib_workers(cfg: DictConfig) -> None:
 
 
 class StartupChecks(Callback):
-    """Hydra callback: the start-up checks of a single run, before Hydra makes its folder.
-    (A multirun checks each job as it starts: a refused job leaves ``failed.json``.)"""
+    """Hydra callback: the start-up checks of a single run, before Hydra makes its folder. (A
+    multirun checks each job as it starts: a refused job leaves ``failed.json``; before any job,
+    it checks what its launcher reads, ``sweep.jobs_per_gpu``.)"""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if OmegaConf.select(config, "hydra.job.config_name") == "train":
+            _or_exit(schema.validate, config, {"sweep.jobs_per_gpu": schema.TRAIN["sweep.jobs_per_gpu"]})
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         command = OmegaConf.select(config, "hydra.job.config_name")  # train or eval
         if command not in RULES:
             return
         HydraConfig.instance().set_config(config)
-        try:
-            check(config, command)
-        except VaelabError as err:
-            print(f"vaelab: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        _or_exit(check, config, command)
+
+
+def _or_exit(check_fn, *args) -> None:
+    """Run a check; a refusal is one line on stderr and exit status 2."""
+    try:
+        check_fn(*args)
+    except VaelabError as err:
+        print(f"vaelab: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

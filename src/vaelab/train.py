@@ -25,6 +25,7 @@ from vaelab.errors import instantiate
 from vaelab.metric_info import RunFacts, table
 from vaelab.module import VAEModule
 from vaelab.plugins import refuse_missing_plugins
+from vaelab.sweep_gpus import assign_gpu
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
@@ -32,6 +33,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
 
     ``extra_callbacks`` join those of the config (for programmatic use, e.g. benchmarks)."""
     startup.check(cfg, "train")
+    assign_gpu(cfg)
     skip_failing_nvml_probe()
     pin_run_dir()
     ckpt_path, resume_callbacks = resume.prepare(cfg)  # (before any data is loaded)
