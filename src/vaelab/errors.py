@@ -1,5 +1,11 @@
 """Errors that vaelab reports to the user as one line, without a traceback."""
 
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
 
 class VaelabError(Exception):
     """A problem with the user's input (config, data, checkpoint) that they can fix."""
@@ -38,6 +44,16 @@ def user_error(err: BaseException | None) -> VaelabError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def exit_if_refused(check: Callable[..., Any], *args) -> Any:
+    """Run ``check(*args)`` (a Hydra callback's, before any job runs): a VaelabError it raises is
+    one line on stderr and exit status 2."""
+    try:
+        return check(*args)
+    except VaelabError as err:
+        print(f"vaelab: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def instantiate(config, *args, **kwargs):

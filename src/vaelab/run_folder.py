@@ -30,7 +30,7 @@ from hydra.experimental.callback import Callback
 from lightning.fabric.utilities.rank_zero import _get_rank
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.errors import VaelabError
+from vaelab.errors import VaelabError, exit_if_refused
 
 LOCK = ".vaelab.lock"
 RECORDS = {LOCK, "run_info.json", "failed.json", "multirun.yaml"}  # what a run that never trained leaves
@@ -102,11 +102,7 @@ class RunFolderGuard(Callback):
         HydraConfig.instance().set_config(config)
         folder = os.path.abspath(str(OmegaConf.select(config, folder_key)))  # (resolves ${now:} once; Hydra reuses it)
         ckpt_path = OmegaConf.select(config, "ckpt_path", default=None) if resumable else None
-        try:
-            self._fd = claim(folder, ckpt_path)
-        except VaelabError as err:
-            print(f"vaelab: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        self._fd = exit_if_refused(claim, folder, ckpt_path)
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         # only training resumes; vaelab.eval's ckpt_path is the checkpoint it evaluates

@@ -7,8 +7,6 @@ no folder behind.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -16,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab import schema
-from vaelab.errors import ConfigError, VaelabError
+from vaelab.errors import ConfigError, exit_if_refused
 
 RULES = {"train": schema.TRAIN, "eval": schema.EVAL}
 
@@ -81,20 +79,11 @@ class StartupChecks(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if OmegaConf.select(config, "hydra.job.config_name") == "train":
-            _or_exit(schema.validate, config, {"sweep.jobs_per_gpu": schema.TRAIN["sweep.jobs_per_gpu"]})
+            exit_if_refused(schema.validate, config, {"sweep.jobs_per_gpu": schema.TRAIN["sweep.jobs_per_gpu"]})
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         command = OmegaConf.select(config, "hydra.job.config_name")  # train or eval
         if command not in RULES:
             return
         HydraConfig.instance().set_config(config)
-        _or_exit(check, config, command)
-
-
-def _or_exit(check_fn, *args) -> None:
-    """Run a check; a refusal is one line on stderr and exit status 2."""
-    try:
-        check_fn(*args)
-    except VaelabError as err:
-        print(f"vaelab: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_if_refused(check, config, command)
